@@ -1,0 +1,219 @@
+"""Runtime plumbing: user errors, device choice, seeding, torchrun init, atomic writes, run metadata."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+
+from configs import REPO_ROOT
+
+
+class UserError(Exception):
+    """A problem with the user's input (data, config, checkpoint, flags).
+
+    Entry points wrapped by `run_cli` print it as one line, `error: <message>`, and exit with
+    status 2, without a traceback. The message should name the file (and row/key) and the fix.
+    """
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
+    """Run `main(argv)`; turn `UserError` into one line on stderr and exit status 2."""
+    try:
+        code = main(argv)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        cleanup_distributed()
+    sys.exit(int(code or 0))
+
+
+# ----------------------------------------------------------------------------------------- device
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda if available else cpu; 'cuda' without a GPU is a `UserError`."""
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} requested but no CUDA device is available (use --device cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"unknown device {name!r} (use auto, cpu or cuda)") from err
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_faithful_numerics(device: torch.device, fast: bool = False) -> dict[str, Any]:
+    """Full float32 on CUDA (no TF32) unless `fast`; returns a record for results files."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = fast
+        torch.backends.cudnn.allow_tf32 = fast
+    return {"device": str(device), "precision": "tf32" if (fast and device.type == "cuda") else "float32"}
+
+
+# ------------------------------------------------------------------------------------ distributed
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands in a (possibly single-process) run."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_name: str = "auto") -> DistInfo:
+    """Initialise from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); single process if absent.
+
+    Backend: nccl on CUDA, gloo on CPU. Each rank uses cuda:LOCAL_RANK on GPU machines.
+    """
+    device = resolve_device(device_name)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    """All-gather a picklable object; `[obj]` in a single-process run. Ordered by rank."""
+    if not info.distributed:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def get_logger(name: str, info: DistInfo | None = None) -> logging.Logger:
+    """A logger printing INFO on rank 0 only (warnings and errors on every rank)."""
+    logger = logging.getLogger(name)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.INFO if info is None or info.is_main else logging.WARNING)
+    return logger
+
+
+# --------------------------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def _atomic_path(path: str | os.PathLike):
+    """Yield a temporary path in the target's folder; rename it onto `path` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with _atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """`torch.save` to a temp file in the same folder, then rename: a crash never leaves half a file."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------- run metadata
+def git_sha(short: bool = False) -> str | None:
+    """The repository's HEAD commit (with '-dirty' if the tree has changes), or None outside git."""
+    try:
+        args = ["git", "rev-parse", "--short" if short else "--verify", "HEAD"]
+        sha = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=5, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=5)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and the packages that change numbers."""
+    import torchvision
+
+    versions = {"python": platform.python_version(), "torch": str(torch.__version__),
+                "torchvision": str(torchvision.__version__), "numpy": str(np.__version__)}
+    if torch.cuda.is_available():
+        versions["cuda"] = str(torch.version.cuda)
+        versions["gpu"] = torch.cuda.get_device_name(0)
+    return versions
+
+
+def write_run_metadata(out_dir: str | os.PathLike, config: dict[str, Any],
+                       name: str = "config.yaml") -> Path:
+    """Write the resolved config plus git commit and package versions to `out_dir/name` (atomic)."""
+    record = {"config": config, "git_sha": git_sha(), "versions": package_versions(),
+              "command": " ".join(sys.argv)}
+    path = Path(out_dir) / name
+    atomic_write_text(path, yaml.safe_dump(record, sort_keys=False))
+    return path

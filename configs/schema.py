@@ -1,0 +1,196 @@
+"""YAML presets -> typed dataclasses, with dotted command-line overrides.
+
+    cfg = load_config(TrainConfig, "configs/train/pfpascal_r50.yaml", ["optim.lr=0.01"])
+
+Rules: an unknown key, a value of the wrong type or a missing required value is a one-line
+`UserError` naming the key (and the file). A preset may inherit another with `_base_: other.yaml`
+(path relative to the preset); the child's keys override the base's, recursively.
+Supported field types: bool, int, float, str, Optional[T], Literal[...], list[T], tuple[T, ...],
+dict[str, T] and nested dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from configs.runtime import UserError
+
+T = TypeVar("T")
+_MISSING = dataclasses.MISSING
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, resolving `_base_` inheritance. Errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise UserError(f"invalid YAML in {path}{where}: {getattr(err, 'problem', err)}") from err
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of keys at the top level")
+    base = data.pop("_base_", None)
+    if base is not None:
+        data = merge_dicts(load_yaml(path.parent / base), data)
+    return data
+
+
+def merge_dicts(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive merge; values of `update` win, nested mappings merge."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_dicts(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
+    """['a.b=3', 'c=[1, 2]'] -> {'a': {'b': 3}, 'c': [1, 2]}; values are parsed as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise UserError(f"bad override {pair!r}: expected key.sub=value")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as err:
+            raise UserError(f"bad override {pair!r}: value is not valid YAML") from err
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override {pair!r} conflicts with another override of {part!r}")
+        node[leaf] = value
+    return out
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = (),
+                base: Mapping[str, Any] | None = None) -> T:
+    """Build `cls` from `base` (dict) <- YAML file at `path` <- dotted `overrides`."""
+    data: dict[str, Any] = dict(base or {})
+    source = "defaults"
+    if path is not None:
+        data = merge_dicts(data, load_yaml(path))
+        source = str(path)
+    data = merge_dicts(data, parse_overrides(overrides))
+    return build_config(cls, data, source=source)
+
+
+def build_config(cls: type[T], data: Mapping[str, Any], source: str = "config", prefix: str = "") -> T:
+    """Construct dataclass `cls` from a mapping, checking keys and types recursively."""
+    if not isinstance(data, Mapping):
+        raise UserError(f"{source}: key '{prefix.rstrip('.') or '<root>'}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        known = ", ".join(sorted(fields))
+        raise UserError(f"{source}: unknown config key '{prefix}{unknown[0]}' (known keys here: {known})")
+    kwargs: dict[str, Any] = {}
+    for name, field in fields.items():
+        key = f"{prefix}{name}"
+        if name in data:
+            kwargs[name] = _coerce(hints[name], data[name], key, source)
+        elif field.default is _MISSING and field.default_factory is _MISSING:
+            raise UserError(f"{source}: missing required config key '{key}'")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:  # __post_init__ validation
+        raise UserError(f"{source}: {err}") from err
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
+    """Check (and gently convert: int -> float, list -> tuple) `value` against type `tp`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    bad = UserError(f"{source}: config key '{key}' expects {_type_name(tp)}, got {value!r}")
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key, source)
+            except UserError as err:
+                errors.append(err)
+        raise bad
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise UserError(f"{source}: config key '{key}' must be one of {list(args)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        return build_config(tp, value, source, prefix=f"{key}.")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(value) != len(args):
+                raise bad
+            return tuple(_coerce(a, v, f"{key}[{i}]", source) for i, (a, v) in enumerate(zip(args, value)))
+        item = args[0] if args else Any
+        items = [_coerce(item, v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise bad
+        vt = args[1] if args else Any
+        return {str(k): _coerce(vt, v, f"{key}.{k}", source) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise bad
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Dataclass -> plain dict of builtins (tuples become lists), e.g. for YAML/JSON or checkpoints."""
+
+    def convert(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: convert(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [convert(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): convert(x) for k, x in v.items()}
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    return convert(cfg)

@@ -1,0 +1,61 @@
+"""Shared fixtures: `device` (cpu always, cuda when available or forced), real-data roots, tmp roots."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_REALDATA = REPO_ROOT.parent / "shared" / "realdata"
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", action="store", default="auto",
+                     help="auto (cpu, plus cuda when available), cpu, or cuda (forced)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "device" in metafunc.fixturenames:
+        choice = metafunc.config.getoption("--device")
+        if choice == "auto":
+            names = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        else:
+            names = [choice]
+        metafunc.parametrize("device_name", names, scope="session")
+
+
+@pytest.fixture
+def device(device_name: str) -> torch.device:
+    if device_name.startswith("cuda") and not torch.cuda.is_available():
+        pytest.fail("--device cuda requested but CUDA is not available")
+    return torch.device(device_name)
+
+
+def _realdata(name: str) -> Path:
+    path = SHARED_REALDATA / name
+    if not path.is_dir():
+        pytest.skip(f"real benchmark data not available ({path}); it ships only to developers")
+    return path
+
+
+@pytest.fixture
+def realdata_root() -> Path:
+    """`../shared/realdata` (works as a dataset root for pfwillow and spair); skips when absent."""
+    _realdata("PF-WILLOW")
+    return SHARED_REALDATA
+
+
+@pytest.fixture
+def realdata_spair_layout() -> Path:
+    return _realdata("SPair-71k-official-layout")
+
+
+@pytest.fixture
+def realdata_pfpascal_csvs() -> Path:
+    return _realdata("PF-PASCAL")

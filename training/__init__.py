@@ -1,0 +1,1 @@
+"""Training: image-level MoCo + pixel-level cycle-contrastive learning."""

@@ -1,0 +1,1 @@
+"""Evaluation: SCOT-style matching, keypoint transfer, PCK, layer search."""
