@@ -1,0 +1,451 @@
+"""Download helpers behind `scripts/download_datasets.sh` and `scripts/download_pretrained.sh`.
+
+Never imported by loaders, training or evaluation. Benchmarks: the HPF/SCOT Google Drive tarballs
+(`gdown` when installed, else the confirm-token flow), falling back to the official archives restructured into
+the HPF layout with the pair lists fetched and renamed (`datasets.md` §6). Every archive is verified (checksum
+where known, else a readable archive that is not an HTML page) and extracted safely (no absolute paths, `..`
+members, links or devices). `--dry-run` prints the plan and touches neither the network nor the disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.cookiejar
+import posixpath
+import re
+import shutil
+import sys
+import tarfile
+import time
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from configs import REPO_ROOT
+from configs.runtime import UserError, atomic_write_text
+
+WILLOW = "http://www.di.ens.fr/willow/research"
+PF_WILLOW_SUBCLASSES = ["car(G)", "car(M)", "car(S)", "duck(S)", "motorbike(G)", "motorbike(M)",
+                        "motorbike(S)", "winebottle(M)", "winebottle(wC)", "winebottle(woC)"]
+
+
+@dataclass
+class PairList:
+    """A pair list fetched separately and renamed: (url or Drive id, file name under the benchmark folder)."""
+
+    source: str
+    target: str
+    drive: bool = False
+
+
+@dataclass
+class Benchmark:
+    folder: str
+    drive_ids: list[str]  # HPF/SCOT tarballs `<folder>.tar.gz` (top folder `<folder>`), newest first
+    official_url: str
+    official_top: str  # top folder inside the official archive
+    pair_lists: list[PairList] = field(default_factory=list)
+    required: list[str] = field(default_factory=list)  # relative paths that make the folder complete
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "pfpascal": Benchmark(
+        "PF-PASCAL", ["1OOwpGzJnTsFXYh-YffMQ9XKM_Kl_zdzg", "1r54YXfCWGHe523w3ZQnCP0Y1TDToKx8n"],
+        f"{WILLOW}/proposalflow/dataset/PF-dataset-PASCAL.zip", "PF-dataset-PASCAL",
+        [PairList(f"{WILLOW}/cnngeometric/other_resources/test_pairs_pf_pascal.csv", "test_pairs.csv"),
+         PairList(f"{WILLOW}/cnngeometric/other_resources/val_pairs_pf_pascal.csv", "val_pairs.csv"),
+         PairList("111tpXshLiJ4qudBHoGK3HbMSNr9vVRq9", "trn_pairs.csv", drive=True)],
+        ["trn_pairs.csv", "val_pairs.csv", "test_pairs.csv", "JPEGImages", "Annotations"]),
+    "pfwillow": Benchmark(
+        "PF-WILLOW", ["1tDP0y8RO5s45L-vqnortRaieiWENQco_", "1Moes_nP-1AGxuG6TkuEl100NaHGWhRfv"],
+        f"{WILLOW}/proposalflow/dataset/PF-dataset.zip", "PF-dataset",
+        [PairList(f"{WILLOW}/cnngeometric/other_resources/test_pairs_pf.csv", "test_pairs.csv")],
+        ["test_pairs.csv", *PF_WILLOW_SUBCLASSES]),
+    "spair": Benchmark(
+        "SPair-71k", ["1KSvB0k2zXA06ojWNvFjBv0Ake426Y76k", "1s73NVEFPro260H1tXxCh1ain7oApR8of",
+                      "17gXi6iSK6jIz4SGJzrO6ELJGYRAKUkhR"],
+        "https://cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz", "SPair-71k", [],
+        ["JPEGImages", "PairAnnotation/test", "Layout/large/test.txt", "Layout/large/trn.txt"]),
+}
+
+IMAGENET_HELP = """ImageNet-1k cannot be downloaded automatically (licence). Get ILSVRC2012_img_train.tar from
+https://image-net.org/download-images (account required), extract it and each per-class tar so that
+  <path>/train/<wnid>/<image>.JPEG     (1,000 folders, 1,281,167 images)
+then point the training config's ImageNet path at <path>/train (any ImageFolder subset works)."""
+
+
+class DownloadError(UserError):
+    """A fetch, verification or extraction failed (one line, names the file and what to try)."""
+
+
+# ------------------------------------------------------------------------------------------ checks
+def file_digest(path: str | Path, algo: str = "sha256") -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def looks_like_html(path: str | Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(512).lstrip().lower()
+    return head.startswith(b"<!doctype html") or head.startswith(b"<html")
+
+
+def verify_archive(path: str | Path, sha256: str | None = None, md5_prefix: str | None = None) -> str:
+    """Checksum when known (sha256, or an md5 prefix), and a readable tar/zip archive; returns "tar"|"zip"."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise DownloadError(f"{path} is missing or empty (the download failed; try again)")
+    if looks_like_html(path):
+        raise DownloadError(f"{path} is an HTML page, not an archive (Google Drive quota or virus-scan "
+                            f"page); install gdown (pip install gdown) or download it in a browser")
+    if sha256 and not file_digest(path).startswith(sha256.lower()):
+        raise DownloadError(f"{path}: sha256 {file_digest(path)[:16]}... does not match the expected "
+                            f"{sha256[:16]}... (corrupt or changed download; delete it and retry)")
+    if md5_prefix and not file_digest(path, "md5").startswith(md5_prefix.lower()):
+        raise DownloadError(f"{path}: md5 does not start with {md5_prefix} (corrupt or changed download; "
+                            f"delete it and retry)")
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                bad = zf.testzip()
+        except (zipfile.BadZipFile, OSError) as err:
+            raise DownloadError(f"{path} is not a readable zip archive ({err}); delete it, retry") from None
+        if bad is not None:
+            raise DownloadError(f"{path}: zip member {bad} is corrupt; delete it and retry")
+        return "zip"
+    try:
+        with tarfile.open(path) as tf:
+            for _ in tf:
+                pass
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise DownloadError(f"{path} is not a readable tar/zip archive ({err}); delete it, retry") from None
+    return "tar"
+
+
+def _check_member(name: str, archive: Path) -> PurePosixPath:
+    pure = PurePosixPath(name.replace("\\", "/"))
+    absolute = pure.is_absolute() or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name)
+    if absolute or ".." in pure.parts:
+        raise DownloadError(f"{archive}: unsafe member path {name!r} (absolute or '..'); archive rejected")
+    return pure
+
+
+def safe_extract(archive: str | Path, dest: str | Path) -> list[str]:
+    """Extract a tar/zip archive into `dest` after checking every member (no absolute paths, no `..`, no
+    links leaving the archive, no device files; zip: no links); returns the sorted top-level names. Nothing
+    is written if a member is unsafe."""
+    archive, dest = Path(archive), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    tops: set[str] = set()
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            infos = zf.infolist()
+            for info in infos:
+                pure = _check_member(info.filename, archive)
+                if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise DownloadError(f"{archive}: member {info.filename!r} is a symbolic link; rejected")
+                if pure.parts:
+                    tops.add(pure.parts[0])
+            zf.extractall(dest)
+        return sorted(tops)
+    with tarfile.open(archive) as tf:
+        members = tf.getmembers()
+        for m in members:
+            pure = _check_member(m.name, archive)
+            if m.issym() or m.islnk():
+                base = pure.parent if m.issym() else PurePosixPath()
+                target = posixpath.normpath(str(base / m.linkname))
+                if m.linkname.startswith("/") or target == ".." or target.startswith("../"):
+                    raise DownloadError(f"{archive}: link {m.name!r} -> {m.linkname!r} leaves the archive; "
+                                        f"rejected")
+            elif not (m.isfile() or m.isdir()):
+                raise DownloadError(f"{archive}: member {m.name!r} is a device or special file; rejected")
+            if pure.parts and pure.parts != (".",):
+                tops.add(pure.parts[0] if pure.parts[0] != "." else pure.parts[1])
+        kwargs: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tf.extractall(dest, members=members, **kwargs)
+    return sorted(tops)
+
+
+def is_complete(name: str, root: str | Path) -> bool:
+    bench = BENCHMARKS[name]
+    folder = Path(root) / bench.folder
+    return all((folder / rel).exists() for rel in bench.required)
+
+
+# ------------------------------------------------------------------------------------------ fetching
+def _progress(done: int, total: int | None, label: str, last: list[float]) -> None:
+    now = time.monotonic()
+    if now - last[0] < 1.0 and (total is None or done < total):
+        return
+    last[0] = now
+    mb = done / 2**20
+    text = f"{mb:8.1f} MiB" + (f" / {total / 2**20:.1f} MiB ({100 * done / total:5.1f} %)" if total else "")
+    print(f"  {label}: {text}", file=sys.stderr, flush=True)
+
+
+def _stream(response: Any, out: Path, label: str) -> None:
+    total = response.headers.get("Content-Length")
+    total = int(total) if total and total.isdigit() else None
+    tmp = out.with_name(out.name + ".part")
+    done, last = 0, [0.0]
+    with open(tmp, "wb") as fh:
+        while chunk := response.read(1 << 20):
+            fh.write(chunk)
+            done += len(chunk)
+            _progress(done, total, label, last)
+    tmp.replace(out)
+
+
+def fetch_url(url: str, out: str | Path) -> Path:
+    """HTTP(S) download with progress to `out` (written via a .part file)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"fetching {url}", flush=True)
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "contrastive-correspondence-download"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            _stream(response, out, out.name)
+    except (OSError, ValueError) as err:
+        raise DownloadError(f"could not fetch {url} ({err})") from None
+    return out
+
+
+def fetch_drive(file_id: str, out: str | Path) -> Path:
+    """Google Drive file -> `out`: `gdown` when installed, else the confirm-token / uuid flow."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"fetching Google Drive id {file_id}", flush=True)
+    try:
+        import gdown  # type: ignore[import-not-found]
+    except ImportError:
+        gdown = None
+    if gdown is not None:
+        try:
+            result = gdown.download(id=file_id, output=str(out), quiet=False)
+        except Exception as err:  # gdown raises its own exception types
+            raise DownloadError(f"gdown could not fetch Drive id {file_id} ({err})") from None
+        if not result or not out.is_file():
+            raise DownloadError(f"gdown could not fetch Drive id {file_id} (quota exceeded or file removed)")
+        return out
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    url = f"https://drive.google.com/uc?export=download&id={file_id}"
+    try:
+        response = opener.open(url, timeout=60)
+        if "text/html" in response.headers.get("Content-Type", ""):
+            page = response.read().decode("utf-8", "replace")
+            params = {"id": file_id, "export": "download", "confirm": "t"}
+            for key in ("confirm", "uuid", "at"):
+                m = (re.search(rf'name="{key}" value="([^"]+)"', page)
+                     or re.search(rf"{key}=([0-9A-Za-z_-]+)", page))
+                if m:
+                    params[key] = m.group(1)
+            url = "https://drive.usercontent.google.com/download?" + urllib.parse.urlencode(params)
+            response = opener.open(url, timeout=60)
+        with response:
+            _stream(response, out, out.name)
+    except (OSError, ValueError) as err:
+        raise DownloadError(f"could not fetch Drive id {file_id} ({err}); install gdown (pip install gdown) "
+                            f"and retry") from None
+    return out
+
+
+# ------------------------------------------------------------------------------------------ datasets
+def install_archive(archive: Path, root: Path, top: str, folder: str) -> Path:
+    """Extract `archive` under `root/.extract-<folder>`, move its top folder `top` to `root/<folder>`."""
+    staging = root / f".extract-{folder}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        tops = safe_extract(archive, staging)
+        if top not in tops:
+            found = ", ".join(tops) or "nothing"
+            raise DownloadError(f"{archive}: expected a top folder {top}/, found {found}")
+        target = root / folder
+        if target.exists():
+            shutil.rmtree(target)
+        (staging / top).replace(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def plan(name: str, root: Path) -> list[str]:
+    """Human-readable steps `download_dataset` would take."""
+    bench = BENCHMARKS[name]
+    if is_complete(name, root):
+        return [f"{bench.folder}: already complete in {root / bench.folder}, skipped"]
+    steps = [f"{bench.folder}: Google Drive id {i} -> {root / (bench.folder + '.tar.gz')}, extract, keep "
+             f"{bench.folder}/" for i in bench.drive_ids]
+    steps.append(f"{bench.folder}: else official archive {bench.official_url}, move {bench.official_top}/ -> "
+                 f"{root / bench.folder}")
+    steps += [f"{bench.folder}: pair list {'Google Drive id ' if p.drive else ''}{p.source} -> {p.target}"
+              for p in bench.pair_lists]
+    return steps
+
+
+def download_dataset(name: str, root: str | Path, keep_archive: bool = False) -> bool:
+    """Fetch one benchmark into `root/<folder>`; True on success. Prints what failed and what to try."""
+    bench, root = BENCHMARKS[name], Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if is_complete(name, root):
+        print(f"{bench.folder}: already complete in {root / bench.folder}, skipped")
+        return True
+    failures: list[str] = []
+    archive = root / f"{bench.folder}.tar.gz"
+    for file_id in bench.drive_ids:
+        try:
+            fetch_drive(file_id, archive)
+            verify_archive(archive)
+            install_archive(archive, root, bench.folder, bench.folder)
+            if is_complete(name, root):
+                print(f"{bench.folder}: done ({root / bench.folder})")
+                return True
+            failures.append(f"Drive {file_id}: archive lacks {', '.join(_missing(name, root))}")
+        except DownloadError as err:
+            failures.append(str(err))
+            print(f"  failed: {err}", file=sys.stderr)
+        finally:
+            if not keep_archive:
+                archive.unlink(missing_ok=True)
+    official = root / PurePosixPath(urllib.parse.urlparse(bench.official_url).path).name
+    try:
+        fetch_url(bench.official_url, official)
+        verify_archive(official)
+        install_archive(official, root, bench.official_top, bench.folder)
+        for pair_list in bench.pair_lists:
+            target = root / bench.folder / pair_list.target
+            (fetch_drive if pair_list.drive else fetch_url)(pair_list.source, target)
+            if looks_like_html(target):
+                target.unlink()
+                raise DownloadError(f"pair list {pair_list.source} came back as an HTML page; fetch it by "
+                                    f"hand into {target}")
+    except DownloadError as err:
+        failures.append(str(err))
+    finally:
+        if not keep_archive:
+            official.unlink(missing_ok=True)
+    if is_complete(name, root):
+        print(f"{bench.folder}: done from the official archive ({root / bench.folder})")
+        return True
+    missing = ", ".join(_missing(name, root))
+    reasons = "; ".join(failures) or "incomplete"
+    print(f"{bench.folder}: FAILED ({reasons}); missing: {missing}. Try: pip install gdown and rerun, or "
+          f"download the files listed in datasets.md §6 by hand into {root / bench.folder}", file=sys.stderr)
+    return False
+
+
+def _missing(name: str, root: Path) -> list[str]:
+    bench = BENCHMARKS[name]
+    return [rel for rel in bench.required if not (root / bench.folder / rel).exists()]
+
+
+# ------------------------------------------------------------------------------------------ pretrained
+MANIFEST = REPO_ROOT / "pretrained_models" / "manifest.yaml"
+
+
+def load_manifest(path: str | Path = MANIFEST) -> dict[str, Any]:
+    try:
+        manifest = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"checkpoint manifest {path} is unreadable ({err})") from None
+    if not isinstance(manifest, dict) or "checkpoints" not in manifest or "targets" not in manifest:
+        raise UserError(f"checkpoint manifest {path} needs the keys 'checkpoints' and 'targets'")
+    return manifest
+
+
+def download_pretrained(target: str, out_dir: str | Path, manifest: dict[str, Any],
+                        dry_run: bool = False) -> bool:
+    """Fetch `targets[target]` (a file name and candidate checkpoints, in order) into `out_dir`; the first
+    candidate that downloads and passes its checksum wins; `<out_dir>/fetched.yaml` records which one."""
+    spec = manifest["targets"].get(target)
+    if spec is None:
+        choices = ", ".join(manifest["targets"])
+        raise UserError(f"unknown checkpoint target {target!r} (choose from {choices})")
+    out_dir = Path(out_dir)
+    out = out_dir / spec["file"]
+    if out.is_file() and not dry_run:
+        print(f"{out} already present, skipped")
+        return True
+    for key in spec["candidates"]:
+        entry = manifest["checkpoints"][key]
+        if dry_run:
+            md5 = f"md5 {entry['md5_prefix']}..." if entry.get("md5_prefix") else "none"
+            check = entry.get("sha256") or md5
+            print(f"would fetch {entry['url']} -> {out} (checksum: {check}; {entry.get('note', '')})")
+            continue
+        tmp = out.with_name(out.name + ".download")
+        try:
+            fetch_url(entry["url"], tmp)
+            if looks_like_html(tmp):
+                raise DownloadError(f"{entry['url']} returned an HTML page, not a checkpoint")
+            if entry.get("sha256") and not file_digest(tmp).startswith(entry["sha256"]):
+                raise DownloadError(f"{entry['url']}: sha256 mismatch (expected {entry['sha256'][:16]}...)")
+            md5 = file_digest(tmp, "md5")
+            if entry.get("md5_prefix") and not md5.startswith(entry["md5_prefix"]):
+                raise DownloadError(f"{entry['url']}: md5 {md5[:8]} is not {entry['md5_prefix']}...")
+            tmp.replace(out)
+            record_path = out_dir / "fetched.yaml"
+            records = (yaml.safe_load(record_path.read_text()) or {}) if record_path.is_file() else {}
+            fetched = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            records[spec["file"]] = {"checkpoint": key, "url": entry["url"], "sha256": file_digest(out),
+                                     "md5": md5, "fetched": fetched}
+            atomic_write_text(record_path, yaml.safe_dump(records, sort_keys=True))
+            print(f"{out}: from {key} ({entry['url']})")
+            return True
+        except DownloadError as err:
+            print(f"  failed: {err}", file=sys.stderr)
+        finally:
+            tmp.unlink(missing_ok=True)
+    if not dry_run:
+        print(f"{target}: no candidate could be fetched; download one of the URLs in {MANIFEST} by hand "
+              f"into {out}", file=sys.stderr)
+    return dry_run
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="download", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ds = sub.add_parser("datasets", help="PF-PASCAL, PF-WILLOW, SPair-71k into ROOT (HPF/SCOT layout)")
+    ds.add_argument("--only", choices=sorted(BENCHMARKS), action="append",
+                    help="fetch only this benchmark (repeatable)")
+    ds.add_argument("--root", default="Datasets_SCOT", help="folder receiving PF-PASCAL/, PF-WILLOW/, ...")
+    ds.add_argument("--dry-run", action="store_true", help="print what would be fetched (no network/writes)")
+    ds.add_argument("--keep-archives", action="store_true")
+    pre = sub.add_parser("pretrained", help="ImageNet MoCo checkpoint(s) into pretrained_models/")
+    pre.add_argument("--target", default="moco", help="a key of 'targets' in the manifest")
+    pre.add_argument("--out", default=str(MANIFEST.parent))
+    pre.add_argument("--manifest", default=str(MANIFEST))
+    pre.add_argument("--dry-run", action="store_true")
+    args = parser.parse_args(argv)
+
+    if args.command == "pretrained":
+        ok = download_pretrained(args.target, args.out, load_manifest(args.manifest), args.dry_run)
+        return 0 if ok else 1
+    names = args.only or ["pfpascal", "pfwillow", "spair"]
+    root = Path(args.root)
+    ok = True
+    for name in dict.fromkeys(names):
+        if args.dry_run:
+            for step in plan(name, root):
+                print(f"[dry-run] {step}")
+        else:
+            ok &= download_dataset(name, root, keep_archive=args.keep_archives)
+    print(IMAGENET_HELP)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    from configs.runtime import run_cli
+
+    run_cli(main)

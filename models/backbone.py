@@ -1,0 +1,160 @@
+"""Hyperpixel backbone: any torchvision ResNet with its blocks numbered as hyperpixel ids.
+
+Id 0 is the stem (conv1 -> bn -> ReLU -> max-pool, post-ReLU); ids 1.. are the residual blocks of
+layer1..layer4 in order, each taken **after the residual addition and before the block's final ReLU**
+(`evaluation.md` §4). ResNet-18: ids 0..8, ResNet-34/50: 0..16, ResNet-101: 0..33.
+Jump (stride, px) and receptive field (px) per id are derived from the convolutions on the main path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from configs.runtime import UserError
+
+
+def _conv_geometry(module: nn.Module) -> tuple[int, int]:
+    """(effective kernel size, stride) of a conv / pool along one axis."""
+    k = module.kernel_size
+    s = module.stride
+    d = getattr(module, "dilation", 1)
+    k = k[0] if isinstance(k, tuple) else k
+    s = s[0] if isinstance(s, tuple) else s
+    d = d[0] if isinstance(d, tuple) else d
+    return d * (k - 1) + 1, s
+
+
+def _block_main_path(block: nn.Module) -> list[nn.Module]:
+    if isinstance(block, Bottleneck):
+        return [block.conv1, block.conv2, block.conv3]
+    if isinstance(block, BasicBlock):
+        return [block.conv1, block.conv2]
+    raise TypeError(f"unsupported residual block {type(block).__name__}")
+
+
+def _block_pre_relu(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A torchvision residual block's output after the addition, before its final ReLU."""
+    identity = x if block.downsample is None else block.downsample(x)
+    if isinstance(block, Bottleneck):
+        out = F.relu(block.bn1(block.conv1(x)))
+        out = F.relu(block.bn2(block.conv2(out)))
+        out = block.bn3(block.conv3(out))
+    else:
+        out = F.relu(block.bn1(block.conv1(x)))
+        out = block.bn2(block.conv2(out))
+    return out + identity
+
+
+def validate_ids(ids: Sequence[int], n_ids: int) -> tuple[int, ...]:
+    """Sorted tuple of hyperpixel ids; duplicates or out-of-range ids are a `UserError`."""
+    ids = [int(i) for i in ids]
+    if not ids:
+        raise UserError("empty hyperpixel id list (give e.g. --hyperpixel 2,12,13,15)")
+    if len(set(ids)) != len(ids):
+        raise UserError(f"duplicate hyperpixel ids in {ids}")
+    bad = [i for i in ids if not 0 <= i < n_ids]
+    if bad:
+        raise UserError(f"hyperpixel ids {bad} out of range: this backbone has ids 0..{n_ids - 1}")
+    return tuple(sorted(ids))
+
+
+@dataclass
+class BlockMaps:
+    """Per-id feature maps of one forward pass: `maps[id]` (B, C, h, w); `final` = post-ReLU layer4 or None."""
+
+    maps: dict[int, torch.Tensor]
+    final: torch.Tensor | None
+
+
+class HyperpixelBackbone(nn.Module):
+    """Wrap a torchvision `ResNet` (kept as `.net`, its `fc` included) to expose hyperpixel ids."""
+
+    def __init__(self, net: ResNet, arch: str | None = None):
+        super().__init__()
+        if not isinstance(net, ResNet):
+            raise TypeError("HyperpixelBackbone expects a torchvision ResNet")
+        self.net = net
+        self.arch = arch
+        self.blocks: list[nn.Module] = [b for layer in (net.layer1, net.layer2, net.layer3, net.layer4)
+                                        for b in layer]
+        self.n_ids = 1 + len(self.blocks)
+        self.jumps, self.receptive_fields = self._geometry_tables()
+        self.channels = [net.layer1[0].conv1.in_channels] + [self._block_channels(b) for b in self.blocks]
+
+    @staticmethod
+    def _block_channels(block: nn.Module) -> int:
+        last = block.bn3 if isinstance(block, Bottleneck) else block.bn2
+        return int(last.num_features)
+
+    def _geometry_tables(self) -> tuple[list[int], list[int]]:
+        """Jump j and receptive field r per id: r += (k_eff - 1) * j; j *= stride, along the main path."""
+        jumps, fields = [], []
+        r, j = 1, 1
+        for module in (self.net.conv1, self.net.maxpool):
+            k, s = _conv_geometry(module)
+            r, j = r + (k - 1) * j, j * s
+        jumps.append(j)
+        fields.append(r)
+        for block in self.blocks:
+            for conv in _block_main_path(block):
+                k, s = _conv_geometry(conv)
+                r, j = r + (k - 1) * j, j * s
+            jumps.append(j)
+            fields.append(r)
+        return jumps, fields
+
+    @property
+    def fc(self) -> nn.Module:
+        return self.net.fc
+
+    def forward_blocks(self, x: torch.Tensor, ids: Sequence[int], full: bool = False) -> BlockMaps:
+        """Run the network on normalised images x (B, 3, H, W); return the maps of `ids`.
+
+        Stops after the largest id unless `full` (then `final` is layer4's post-ReLU output, for CAM).
+        """
+        want = set(int(i) for i in ids)
+        last = max(want) if want else -1
+        net = self.net
+        h = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        maps: dict[int, torch.Tensor] = {}
+        if 0 in want:
+            maps[0] = h
+        final = None
+        for idx, block in enumerate(self.blocks, start=1):
+            if idx > last and not full:
+                break
+            pre = _block_pre_relu(block, h)
+            if idx in want:
+                maps[idx] = pre
+            h = F.relu(pre)
+        if full:
+            final = h
+        return BlockMaps(maps=maps, final=final)
+
+    def forward_final(self, x: torch.Tensor) -> torch.Tensor:
+        """Layer4's post-ReLU output (B, C4, h, w) (the CAM passes at scales 1.5 and 2)."""
+        net = self.net
+        h = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        return net.layer4(net.layer3(net.layer2(net.layer1(h))))
+
+
+def hyper_image(maps: dict[int, torch.Tensor], ids: Sequence[int]) -> torch.Tensor:
+    """Upsample every map (bilinear, align_corners=True) to the grid of the smallest id; concat channels.
+
+    maps[id]: (B, C_id, h_id, w_id) -> (B, sum C, h, w). No per-layer normalisation (`evaluation.md` §4).
+    """
+    ids = sorted(ids)
+    base = maps[ids[0]]
+    size = base.shape[-2:]
+    parts = [base]
+    for i in ids[1:]:
+        m = maps[i]
+        parts.append(m if m.shape[-2:] == size else
+                     F.interpolate(m, size=size, mode="bilinear", align_corners=True))
+    return torch.cat(parts, dim=1)

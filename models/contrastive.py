@@ -1,0 +1,71 @@
+"""The combined model: image-level MoCo + pixel-level cycle branch sharing the query encoder.
+
+API (stable; the training loop calls it):
+
+    model = ContrastiveCorrespondence(MoCoConfig(...), CycleConfig(...), generator=queue_init_generator)
+    out = model(im_q, im_k, src, trg, generator, return_vis=False)
+    out["loss"].backward()      # = moco.loss_weight * loss_moco + cycle.loss_weight * loss_cycle
+
+`out` holds 0-dim tensors: "loss", "loss_moco", "loss_cycle" (unweighted terms), "moco_top1", "moco_top5"
+(percent), "cycle_valid_fraction", "cycle_max_prob_crop_trg", "cycle_max_prob_trg_src", "cycle_error_px";
+plus "vis" (dict, see `models.cycle.CycleResult`) when return_vis. Either branch may be skipped by passing
+None for its images (im_q/im_k, or src/trg), or is skipped when its loss weight is 0; its terms are then
+absent from `out`.
+
+The model subclasses `MoCo`, so its state dict has exactly the checkpoint layout `encoder_q.*`,
+`encoder_k.*`, `queue`, `queue_ptr` (`module.` added by DDP). Random draws, from `generator` (per rank):
+the MoCo key shuffle first (under DDP rank 0's draw is broadcast), then the cycle branch's flip, rotation
+(and jitter). A generator seeded from (seed, step, rank) makes a resumed run equal an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from configs.runtime import UserError
+from models.cycle import CycleConfig, cycle_loss
+from models.moco import MoCo, MoCoConfig, topk_accuracy_tensors
+
+
+class ContrastiveCorrespondence(MoCo):
+    """MoCo (encoder_q, encoder_k, queue) + the pixel-level cycle loss computed with encoder_q."""
+
+    def __init__(self, moco_cfg: MoCoConfig, cycle_cfg: CycleConfig,
+                 generator: Optional[torch.Generator] = None) -> None:
+        super().__init__(moco_cfg, generator)
+        self.cycle_cfg = cycle_cfg
+        # fail early on a feature block that does not exist in this arch
+        layer = getattr(self.encoder_q, cycle_cfg.feature_stage)
+        if not -len(layer) <= cycle_cfg.feature_block < len(layer):
+            raise UserError(f"cycle.feature_block={cycle_cfg.feature_block} is out of range for "
+                            f"{moco_cfg.arch}.{cycle_cfg.feature_stage} ({len(layer)} blocks)")
+
+    def forward(self, im_q: Optional[torch.Tensor], im_k: Optional[torch.Tensor], src: Optional[torch.Tensor],
+                trg: Optional[torch.Tensor], generator: torch.Generator,
+                return_vis: bool = False) -> dict[str, Any]:
+        """im_q, im_k: (B, 3, H, W) ImageNet views; src, trg: (B', 3, S, S) pairs. See the module doc."""
+        out: dict[str, Any] = {}
+        total = None
+        mw, cw = self.moco_cfg.loss_weight, self.cycle_cfg.loss_weight
+        if im_q is not None and im_k is not None and mw != 0:
+            logits, labels = super().forward(im_q, im_k, generator)
+            loss_moco = F.cross_entropy(logits, labels)
+            top1, top5 = topk_accuracy_tensors(logits, labels, (1, 5))
+            out.update(loss_moco=loss_moco, moco_top1=top1, moco_top5=top5)
+            total = mw * loss_moco
+        if src is not None and trg is not None and cw != 0:
+            res = cycle_loss(self.encoder_q, src, trg, self.cycle_cfg, generator, return_vis=return_vis,
+                             bn_groups=self.moco_cfg.bn_splits)
+            out["loss_cycle"] = res.loss
+            out.update(res.stats)
+            if res.vis is not None:
+                out["vis"] = res.vis
+            total = cw * res.loss if total is None else total + cw * res.loss
+        if total is None:
+            raise UserError("ContrastiveCorrespondence: no branch to run (pass im_q/im_k and/or src/trg, "
+                            "with a non-zero moco.loss_weight / cycle.loss_weight)")
+        out["loss"] = total
+        return out

@@ -1,0 +1,457 @@
+"""Pixel-level branch: the crop -> target -> source cycle loss of method.md section 5 (fixes of section 9).
+
+API (stable; the combined model and the training loop call it):
+
+    cfg = CycleConfig()             # paper + fixes; original_cycle_config() = the released code
+    out = cycle_loss(encoder_q, src, trg, cfg, generator, return_vis=False)
+    out.loss            # scalar L_cyc (unweighted; multiply by cfg.loss_weight)
+    out.stats           # dict of detached 0-dim tensors: valid fraction, mean max probabilities, error in px
+    out.vis             # None, or detached tensors for the paper-like figure (see `CycleResult`)
+
+`encoder_q` is a torchvision ResNet (the MoCo query encoder); `src`, `trg`: (B, 3, S, S) ImageNet-normalised
+pairs (S = 224 in the paper). All random draws (flip, rotation angle, optional crop jitter) come from
+`generator` (per rank under DDP), in this order: flip (B), angle (B), jitter (B, 2) only if jitter > 0.
+
+Coordinates: (x, y) in pixels of the un-augmented S x S source, continuous (pixel i covers [i, i+1)); source
+cell j at column u, row v has centre s * (u + 1/2, v + 1/2) with s the feature stride.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from typing import Any, Literal, Optional
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from configs.runtime import UserError
+
+STAGE_STRIDE = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
+VALID_EPS = 1e-4  # a warped pixel is in-image iff its bilinear validity >= 1 - VALID_EPS
+
+
+@dataclass
+class CycleConfig:
+    """Pixel-level cycle branch; defaults = paper hyper-parameters with the method.md section 9 fixes on."""
+
+    loss_weight: float = 5e-4          # lambda_cyc (paper: 5e-4 PF-PASCAL / SPair, 5e-5 PF-WILLOW)
+    feature_stage: Literal["layer1", "layer2", "layer3", "layer4"] = "layer3"  # ResNet stage giving phi
+    feature_block: int = -1            # block of that stage (-1 = last; id 13 on ResNet-50 = layer3 last)
+    feature_relu: bool = True          # phi after the block's final ReLU (paper's training); False = pre-ReLU
+    normalize_features: bool = True    # L2-normalise phi along channels (--norm true)
+    patch_size: int = 128              # P, side of the attention-guided crop (pixels)
+    temperature: float = 0.0007        # T of the crop->target and target->source softmaxes
+    rotate_deg: float = 10.0           # rotation angle ~ U[-rotate_deg, +rotate_deg] degrees
+    flip_prob: float = 0.5             # probability of a horizontal flip per sample
+    pixel_centre_grid: bool = True     # fix 2: grid ((x+1/2)/S, (y+1/2)/S) (False: index grid x/S, y/S)
+    cell_mean_gt: bool = True          # fix 2: GT = mean of the tracked grid over a cell (False: top-left px)
+    exact_crop_scale: bool = True      # fix 2: crop affine at scale exactly 1 (False: (W-1) denominators)
+    mask_invalid: bool = True          # fix 3: cells with any out-of-image pixel are left out of the loss
+    attention_norm: Literal["image", "batch"] = "image"  # fix 4: min-max per image (batch: per BN group)
+    crop_centre: Literal["argmax_cell", "first_max"] = "argmax_cell"  # fix 4 (first_max: original rows/cols)
+    crop_jitter: float = 0.0           # fix 4 option: uniform +-jitter pixels added to the crop centre
+    attention_bn: Literal["eval", "train"] = "eval"  # fix 5: BN mode of the no-grad attention pass(es)
+    freeze_bn_stats: bool = False      # fix 5 option: pixel-branch passes do not update BN running stats
+    fp32_affinity: bool = True         # fix 6: affinities and softmaxes in fp32 even under autocast
+    loss_reference_size: int = 224     # fix 7: coordinates rescaled to this image side in the MSE; 0 = raw px
+
+    def __post_init__(self) -> None:
+        if self.patch_size % STAGE_STRIDE[self.feature_stage]:
+            raise ValueError(f"cycle.patch_size={self.patch_size} must be a multiple of the "
+                             f"{self.feature_stage} stride {STAGE_STRIDE[self.feature_stage]}")
+        if self.temperature <= 0:
+            raise ValueError(f"cycle.temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.flip_prob <= 1.0:
+            raise ValueError(f"cycle.flip_prob must lie in [0, 1], got {self.flip_prob}")
+        if self.crop_jitter < 0 or self.rotate_deg < 0 or self.loss_reference_size < 0:
+            raise ValueError("cycle.crop_jitter, cycle.rotate_deg and cycle.loss_reference_size must be >= 0")
+
+
+# Released behaviour (preset `original`): every fix off. T, P, rotation, flip are the paper's either way.
+ORIGINAL_CYCLE_OVERRIDES: dict[str, Any] = {
+    "pixel_centre_grid": False, "cell_mean_gt": False, "exact_crop_scale": False, "mask_invalid": False,
+    "attention_norm": "batch", "crop_centre": "first_max", "crop_jitter": 0.0, "attention_bn": "train",
+    "freeze_bn_stats": False, "fp32_affinity": False, "loss_reference_size": 0,
+}
+
+
+def original_cycle_config(**changes: Any) -> CycleConfig:
+    """CycleConfig of the released code (all section 9 switches off), then `changes`."""
+    names = {f.name for f in fields(CycleConfig)}
+    unknown = set(changes) - names
+    if unknown:
+        raise UserError(f"unknown cycle config key(s): {', '.join(sorted(unknown))}")
+    return CycleConfig(**{**ORIGINAL_CYCLE_OVERRIDES, **changes})
+
+
+@dataclass
+class CycleResult:
+    """loss: scalar L_cyc; stats: detached 0-dim tensors; vis (when asked), all detached, B samples, m cells:
+    src, trg (B,3,S,S) inputs; crop (B,3,P,P) augmented crop; attention (B,S,S) un-augmented attention map
+    (nearest-upsampled); crop_corners (B,4,2) crop corners (TL, TR, BR, BL) in source pixels (x, y);
+    crop_points (B,m,2) = gt (B,m,2) crop-cell origins in the source; valid (B,m) bool; cycle_pred (B,m,2)
+    crop->target->source prediction; direct_pred (B,m,2) crop->source prediction; target_pred (B,m,2)
+    crop->target prediction in target pixels; flip (B,) bool; angle_deg (B,)."""
+
+    loss: torch.Tensor
+    stats: dict[str, torch.Tensor]
+    vis: Optional[dict[str, torch.Tensor]] = None
+
+
+# ---------------------------------------------------------------- backbone helpers
+
+@contextlib.contextmanager
+def batchnorm_eval(net: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Temporarily put every BatchNorm of `net` in eval mode (restores each module's flag)."""
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if enabled else []
+    flags = [m.training for m in bns]
+    try:
+        for m in bns:
+            m.eval()
+        yield
+    finally:
+        for m, flag in zip(bns, flags):
+            m.train(flag)
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(net: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Train-mode BN normalises with batch statistics but leaves running statistics unchanged."""
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if enabled else []
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+             for m in bns]
+    try:
+        for m in bns:
+            m.momentum = 0.0
+        yield
+    finally:
+        for m, (momentum, count) in zip(bns, saved):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+
+
+def _block_pre_relu(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A torchvision BasicBlock/Bottleneck without its final ReLU."""
+    identity = x if block.downsample is None else block.downsample(x)
+    out = block.relu(block.bn1(block.conv1(x)))
+    if isinstance(block, torchvision.models.resnet.Bottleneck):
+        out = block.relu(block.bn2(block.conv2(out)))
+        out = block.bn3(block.conv3(out))
+    else:
+        out = block.bn2(block.conv2(out))
+    return out + identity
+
+
+def resnet_features(net: torchvision.models.ResNet, x: torch.Tensor, stage: str = "layer3", block: int = -1,
+                    relu: bool = True) -> torch.Tensor:
+    """Output of block `block` of ResNet stage `stage` (post- or pre-ReLU): (B, C, H/stride, W/stride)."""
+    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        layer = getattr(net, name)
+        if name != stage:
+            x = layer(x)
+            continue
+        n = len(layer)
+        last = block % n if -n <= block < n else None
+        if last is None:
+            raise UserError(f"cycle.feature_block={block} is out of range for {stage} ({n} blocks)")
+        for i in range(last):
+            x = layer[i](x)
+        return layer[last](x) if relu else _block_pre_relu(layer[last], x)
+    raise UserError(f"unknown ResNet stage {stage!r}; choose one of {', '.join(STAGE_STRIDE)}")
+
+
+@torch.no_grad()
+def attention_map(net: torchvision.models.ResNet, images: torch.Tensor, norm: str = "image", groups: int = 1,
+                  bn: str = "eval") -> torch.Tensor:
+    """Self-attention a(h, w) = <g^, F4^(h, w)>, F4 = layer4 output, g its spatial mean; min-max normalised.
+
+    norm "image": per image; "batch": over the whole batch, per split-BN group (samples g, g+k, ... for
+    k = `groups`, like SplitBatchNorm). bn "eval": one pass with BN in eval mode; "train": the original's
+    two passes in the network's current mode. Returns (B, H/32, W/32) in [0, 1].
+    """
+    with batchnorm_eval(net, enabled=(bn == "eval")):
+        f4 = resnet_features(net, images, "layer4")
+        if bn == "train":  # the released code runs a second full pass for the pooled vector
+            g = resnet_features(net, images, "layer4").float().mean(dim=(2, 3))
+        else:
+            g = f4.float().mean(dim=(2, 3))
+    a = torch.einsum("bc,bchw->bhw", F.normalize(g, dim=1), F.normalize(f4.float(), dim=1))
+    b = a.shape[0]
+    if norm == "image":
+        lo = a.amin(dim=(1, 2), keepdim=True)
+        hi = a.amax(dim=(1, 2), keepdim=True)
+    else:
+        k = groups if b % groups == 0 else 1
+        view = a.reshape(b // k, k, *a.shape[1:])
+        lo = view.amin(dim=(0, 2, 3), keepdim=True).expand_as(view).reshape_as(a)
+        hi = view.amax(dim=(0, 2, 3), keepdim=True).expand_as(view).reshape_as(a)
+    return (a - lo) / (hi - lo).clamp_min(1e-12)
+
+
+# ---------------------------------------------------------------- geometry (pure functions)
+
+def tracking_grid(batch: int, size: int, pixel_centre: bool = True, device: Optional[torch.device] = None,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(B, 3, S, S): channels x/S, y/S of each source pixel (centre (i + 1/2)/S, or index i/S), validity 1."""
+    coords = (torch.arange(size, device=device, dtype=dtype) + (0.5 if pixel_centre else 0.0)) / size
+    ys, xs = torch.meshgrid(coords, coords, indexing="ij")
+    grid = torch.stack([xs, ys, torch.ones_like(xs)])
+    return grid.unsqueeze(0).expand(batch, -1, -1, -1).contiguous()
+
+
+def sample_augmentation(batch: int, cfg: CycleConfig, generator: torch.Generator,
+                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (flip (B,) bool, angle (B,) degrees), drawn from `generator` in that order."""
+    gdev = generator.device
+    flip = torch.rand(batch, generator=generator, device=gdev) < cfg.flip_prob
+    angle = (torch.rand(batch, generator=generator, device=gdev) * 2.0 - 1.0) * cfg.rotate_deg
+    return flip.to(device), angle.to(device)
+
+
+def augmentation_theta(flip: torch.Tensor, angle_deg: torch.Tensor) -> torch.Tensor:
+    """(B, 2, 3) affine_grid theta: output (augmented) normalised coords -> input (source) ones.
+
+    The source is flipped (x -> -x), then rotated about the centre: p_src = Flip @ Rot(angle) @ p_out.
+    """
+    rad = angle_deg.float() * (math.pi / 180.0)
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    sign = 1.0 - 2.0 * flip.float()
+    zero = torch.zeros_like(cos)
+    return torch.stack([torch.stack([sign * cos, -sign * sin, zero], dim=1),
+                        torch.stack([sin, cos, zero], dim=1)], dim=1)
+
+
+def crop_theta(centre: torch.Tensor, patch: int, size: int, exact: bool = True) -> torch.Tensor:
+    """(B, 2, 3) theta of the axis-aligned P x P crop centred at `centre` (B, 2) (x, y) pixels of an S image.
+
+    exact: crop pixel i samples continuous coordinate c - P/2 + i + 1/2 (scale P/S). Otherwise the released
+    code's (S - 1) denominators: scale P/(S-1), translation 2c/(S-1) - 1 (about 224/223 too large).
+    """
+    denom = float(size) if exact else float(size - 1)
+    scale = patch / denom
+    t = 2.0 * centre.float() / denom - 1.0
+    theta = torch.zeros(centre.shape[0], 2, 3, device=centre.device)
+    theta[:, 0, 0] = scale
+    theta[:, 1, 1] = scale
+    theta[:, :, 2] = t
+    return theta
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor, out_size: int) -> torch.Tensor:
+    """Bilinear resampling with zero padding, align_corners=False: (B, C, H, W) -> (B, C, out, out)."""
+    grid = F.affine_grid(theta.to(x.dtype), [x.shape[0], x.shape[1], out_size, out_size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def source_to_augmented(points: torch.Tensor, theta: torch.Tensor, size: int) -> torch.Tensor:
+    """Map (B, N, 2) source pixel coords through the inverse of `augmentation_theta` (rotation+flip)."""
+    p = 2.0 * points / size - 1.0
+    a = theta[:, :, :2]
+    q = torch.linalg.solve(a, (p - theta[:, None, :, 2]).transpose(1, 2)).transpose(1, 2)
+    return (q + 1.0) * size / 2.0
+
+
+def augmented_to_source(points: torch.Tensor, theta: torch.Tensor, size: int) -> torch.Tensor:
+    """Map (B, N, 2) augmented-image pixel coords to source pixel coords (x_src = A x_aug + t, normalised)."""
+    p = 2.0 * points / size - 1.0
+    q = p @ theta[:, :, :2].transpose(1, 2) + theta[:, None, :, 2]
+    return (q + 1.0) * size / 2.0
+
+
+def crop_centres(attn: torch.Tensor, attn_warped: torch.Tensor, theta: torch.Tensor, cfg: CycleConfig,
+                 size: int, generator: torch.Generator) -> torch.Tensor:
+    """(B, 2) crop centre (x, y) in augmented-image pixels, clamped to [P/2, S - P/2].
+
+    argmax_cell: centre of the arg-max cell of `attn` (B, h, w), mapped through flip/rotation (+ jitter).
+    first_max: released rule on the warped, upsampled map `attn_warped` (B, S, S): first row and, separately,
+    first column containing its maximum (integer pixel indices).
+    """
+    b = attn.shape[0]
+    half = cfg.patch_size / 2.0
+    if cfg.crop_centre == "first_max":
+        hit = attn_warped == attn_warped.amax(dim=(1, 2), keepdim=True)
+        row = hit.any(dim=2).int().argmax(dim=1)
+        col = hit.any(dim=1).int().argmax(dim=1)
+        centre = torch.stack([col, row], dim=1).float()
+    else:
+        h, w = attn.shape[1:]
+        idx = attn.reshape(b, -1).argmax(dim=1)
+        cell = torch.stack([(idx % w).float() + 0.5, (idx // w).float() + 0.5], dim=1)
+        cell = cell * torch.tensor([size / w, size / h], device=attn.device)
+        centre = source_to_augmented(cell[:, None], theta, size)[:, 0]
+    if cfg.crop_jitter > 0:
+        noise = torch.rand(b, 2, generator=generator, device=generator.device).to(centre.device)
+        centre = centre + (noise * 2.0 - 1.0) * cfg.crop_jitter
+    return centre.clamp(half, size - half)
+
+
+def cell_ground_truth(grid_crop: torch.Tensor, stride: int, size: int, cell_mean: bool = True,
+                      mask_invalid: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cropped tracking grid (B, 3, P, P) -> GT (B, m, 2) source pixels (x, y) and valid (B, m) bool.
+
+    cell_mean: mean of the grid over each stride x stride cell; else the cell's top-left pixel (released).
+    A cell is valid iff every pixel's warped validity >= 1 - VALID_EPS (all of it in-image); without
+    mask_invalid every cell is valid.
+    """
+    if cell_mean:
+        xy = F.avg_pool2d(grid_crop[:, :2], stride)
+    else:
+        xy = grid_crop[:, :2, ::stride, ::stride]
+    gt = xy.flatten(2).transpose(1, 2) * size
+    if mask_invalid:
+        valid = (-F.max_pool2d(-grid_crop[:, 2:3], stride)).flatten(1) >= 1.0 - VALID_EPS
+    else:
+        valid = torch.ones(gt.shape[:2], dtype=torch.bool, device=gt.device)
+    return gt, valid
+
+
+def cell_centres(h: int, w: int, stride_y: float, stride_x: float, device: torch.device) -> torch.Tensor:
+    """(h*w, 2) centres (x, y) of the cells of an h x w feature map, row-major: stride * (u + 1/2, v + 1/2)"""
+    v, u = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
+                          torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
+    return torch.stack([(u.flatten() + 0.5) * stride_x, (v.flatten() + 0.5) * stride_y], dim=1)
+
+
+def soft_argmax_walk(f0: torch.Tensor, f1: torch.Tensor, f2: torch.Tensor, temperature: float,
+                     centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Walk crop -> target -> source. f0 (B, C, m), f1, f2 (B, C, n); centres (n, 2) source cell centres.
+
+    Returns p_hat (B, m, 2) = softmax(f0^T f2 / T) softmax(f2^T f1 / T) centres, and the two row-softmaxes
+    (B, m, n), (B, n, n).
+    """
+    p02 = torch.softmax(torch.bmm(f0.transpose(1, 2), f2) / temperature, dim=2)
+    p21 = torch.softmax(torch.bmm(f2.transpose(1, 2), f1) / temperature, dim=2)
+    a_cyc = torch.bmm(p02, p21)
+    return a_cyc @ centres, p02, p21
+
+
+@dataclass
+class CropSample:
+    """Output of `augment_and_crop` (all detached): crop (B,3,P,P); gt (B,m,2) source px (x, y); valid (B,m);
+    flip (B,) bool; angle_deg (B,); theta (B,2,3) augmentation; centre (B,2) crop centre in augmented px;
+    crop_theta (B,2,3); attention_up (B,S,S) un-augmented attention upsampled (nearest)."""
+
+    crop: torch.Tensor
+    gt: torch.Tensor
+    valid: torch.Tensor
+    flip: torch.Tensor
+    angle_deg: torch.Tensor
+    theta: torch.Tensor
+    centre: torch.Tensor
+    crop_theta: torch.Tensor
+    attention_up: torch.Tensor
+
+
+@torch.no_grad()
+def augment_and_crop(src: torch.Tensor, attn: torch.Tensor, cfg: CycleConfig,
+                     generator: torch.Generator) -> CropSample:
+    """Steps 2-6: tracking grid, flip and rotation of (image, grid, validity, attention), attention-guided
+    crop, cell ground truth. src (B, 3, S, S); attn (B, h, w) attention of the un-augmented source."""
+    b, _, size, _ = src.shape
+    stride, patch = STAGE_STRIDE[cfg.feature_stage], cfg.patch_size
+    attn_up = F.interpolate(attn[:, None].float(), size=(size, size), mode="nearest")
+    flip, angle = sample_augmentation(b, cfg, generator, src.device)
+    theta = augmentation_theta(flip, angle)
+    grid = tracking_grid(b, size, cfg.pixel_centre_grid, src.device)
+    warped = warp(torch.cat([src.detach().float(), grid, attn_up], dim=1), theta, size)
+    centre = crop_centres(attn, warped[:, 6], theta, cfg, size, generator)
+    ctheta = crop_theta(centre, patch, size, cfg.exact_crop_scale)
+    cropped = warp(warped[:, :6], ctheta, patch)
+    gt, valid = cell_ground_truth(cropped[:, 3:6], stride, size, cfg.cell_mean_gt, cfg.mask_invalid)
+    return CropSample(crop=cropped[:, :3].to(src.dtype), gt=gt, valid=valid, flip=flip, angle_deg=angle,
+                      theta=theta, centre=centre, crop_theta=ctheta, attention_up=attn_up[:, 0])
+
+
+def masked_coordinate_mse(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over valid cells and both coordinates of (pred - gt)^2; pred, gt (B, m, 2), valid (B, m) bool.
+
+    With no valid cell the loss is 0 (still attached to the graph of `pred`).
+    """
+    err = (pred - gt).pow(2).mean(dim=2)
+    weight = valid.to(err.dtype)
+    return (err * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+# ---------------------------------------------------------------- the loss
+
+def _flat_features(net: nn.Module, x: torch.Tensor, cfg: CycleConfig) -> tuple[torch.Tensor, tuple[int, int]]:
+    f = resnet_features(net, x, cfg.feature_stage, cfg.feature_block, cfg.feature_relu)
+    if cfg.normalize_features:
+        f = F.normalize(f.float() if cfg.fp32_affinity else f, dim=1)
+    return f.flatten(2), (f.shape[2], f.shape[3])
+
+
+def cycle_loss(encoder: torchvision.models.ResNet, src: torch.Tensor, trg: torch.Tensor, cfg: CycleConfig,
+               generator: torch.Generator, return_vis: bool = False, bn_groups: int = 1) -> CycleResult:
+    """Pixel-level cycle loss (method.md section 5) for a batch of pairs src, trg (B, 3, S, S).
+
+    bn_groups: the encoder's split-BN k, used only by attention_norm="batch" (normalise per BN group).
+    """
+    if src.shape != trg.shape or src.dim() != 4 or src.shape[2] != src.shape[3]:
+        raise UserError(f"cycle branch needs square source/target batches of equal shape, got "
+                        f"{tuple(src.shape)} and {tuple(trg.shape)}")
+    b, _, size, _ = src.shape
+    if size % 32 or cfg.patch_size > size:
+        raise UserError(f"cycle branch: image side {size} must be a multiple of 32 and "
+                        f">= cycle.patch_size={cfg.patch_size}")
+    device = src.device
+
+    # 1. attention (no gradient); 2-6. flip, rotation, attention-guided crop, dense ground truth
+    attn = attention_map(encoder, src, cfg.attention_norm, bn_groups, cfg.attention_bn)
+    sample = augment_and_crop(src, attn, cfg, generator)
+    crop_img, gt, valid = sample.crop, sample.gt, sample.valid
+
+    # 7. features with gradient (separate passes, as the released code: BN statistics per pass)
+    with frozen_bn_stats(encoder, cfg.freeze_bn_stats):
+        f0, _ = _flat_features(encoder, crop_img, cfg)
+        f1, (h1, w1) = _flat_features(encoder, src, cfg)
+        f2, (h2, w2) = _flat_features(encoder, trg, cfg)
+    centres_src = cell_centres(h1, w1, size / h1, size / w1, device)
+
+    # 8-10. affinities, cycle affinity, soft-argmax; 11. masked MSE
+    amp_off = torch.autocast(device_type=device.type, enabled=False) if cfg.fp32_affinity \
+        else contextlib.nullcontext()
+    with amp_off:
+        if cfg.fp32_affinity:
+            f0, f1, f2 = f0.float(), f1.float(), f2.float()
+        pred, p02, p21 = soft_argmax_walk(f0, f1, f2, cfg.temperature, centres_src)
+        pred = pred.float()
+        unit = (cfg.loss_reference_size / size) if cfg.loss_reference_size > 0 else 1.0
+        loss = masked_coordinate_mse(pred * unit, gt * unit, valid)
+        weight = valid.float()
+        count = weight.sum()
+
+    with torch.no_grad():
+        dist_px = (pred - gt).norm(dim=2)
+        stats = {
+            "cycle_valid_fraction": weight.mean(),
+            "cycle_max_prob_crop_trg": p02.max(dim=2).values.float().mean(),
+            "cycle_max_prob_trg_src": p21.max(dim=2).values.float().mean(),
+            "cycle_error_px": (dist_px * weight).sum() / count.clamp_min(1.0),
+        }
+    vis = None
+    if return_vis:
+        with torch.no_grad():
+            p01 = torch.softmax(torch.bmm(f0.detach().float().transpose(1, 2), f1.detach().float())
+                                / cfg.temperature, dim=2)
+            centres_trg = cell_centres(h2, w2, size / h2, size / w2, device)
+            corners = torch.tensor([[-1, -1], [1, -1], [1, 1], [-1, 1]], device=device, dtype=torch.float32)
+            ctheta = sample.crop_theta
+            corners_norm = corners @ ctheta[:, :, :2].transpose(1, 2) + ctheta[:, None, :, 2]
+            corners_aug = (corners_norm + 1.0) * size / 2.0
+            vis = {
+                "src": src.detach(), "trg": trg.detach(), "crop": crop_img.detach(),
+                "attention": sample.attention_up,
+                "crop_corners": augmented_to_source(corners_aug, sample.theta, size),
+                "crop_points": gt, "gt": gt, "valid": valid, "cycle_pred": pred.detach(),
+                "direct_pred": p01 @ centres_src, "target_pred": p02.detach().float() @ centres_trg,
+                "flip": sample.flip, "angle_deg": sample.angle_deg, "crop_centre": sample.centre,
+            }
+    return CycleResult(loss=loss, stats=stats, vis=vis)

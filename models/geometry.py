@@ -1,0 +1,59 @@
+"""Receptive-field boxes of hyperpixels and keypoint transfer (evaluation.md §5, §9).
+
+Kept from SCOT/HPF (faithful): boxes anchored at the grid point (x*j, y*j) with half size floor(r/2)
+(no half-stride offset), row-major order p = y*w + x, inclusive "keypoint inside box" test, row-wise
+arg-max (not mutual), prediction = mean over neighbouring source boxes of (target box top-left
+corner + keypoint - source box top-left corner), summed over a dense (K, Ns) layout in float32 as
+the original (same rounding); no neighbour -> 0/0 = NaN, which PCK counts as wrong.
+"""
+
+from __future__ import annotations
+
+import torch
+
+Tensor = torch.Tensor
+
+__all__ = ["receptive_field_boxes", "keypoint_neighbours", "transfer_keypoints"]
+
+
+def receptive_field_boxes(grid_h: int, grid_w: int, jump: int, rf: int,
+                          device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    """Boxes of a grid_h x grid_w hyperpixel grid with stride `jump` and receptive field `rf` (pixels).
+
+    Returns (boxes float32 (N, 4) as x1, y1, x2, y2; centres float32 (N, 2) as x, y), N = grid_h * grid_w,
+    row-major (p = y * grid_w + x); centre (x * jump, y * jump), box = centre -/+ floor(rf / 2).
+    """
+    ys, xs = torch.meshgrid(torch.arange(grid_h, device=device), torch.arange(grid_w, device=device),
+                            indexing="ij")
+    centers = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1).to(torch.float32) * jump
+    half = rf // 2
+    boxes = torch.cat([centers - half, centers + half], dim=1)
+    return boxes, centers
+
+
+def keypoint_neighbours(boxes: Tensor, kps: Tensor) -> Tensor:
+    """Inclusive containment mask (K, N): kps (K, 2) inside boxes (N, 4)."""
+    x = kps[:, 0, None]
+    y = kps[:, 1, None]
+    return (x >= boxes[None, :, 0]) & (y >= boxes[None, :, 1]) & (x <= boxes[None, :, 2]) & (
+        y <= boxes[None, :, 3])
+
+
+def transfer_keypoints(confidence: Tensor, src_boxes: Tensor, trg_boxes: Tensor,
+                       src_kps: Tensor) -> tuple[Tensor, Tensor]:
+    """Transfer source keypoints to the target with the row-wise arg-max of `confidence`.
+
+    confidence (Ns, Nt); boxes (Ns, 4), (Nt, 4); src_kps (K, 2) in resized source pixels.
+    Returns (pred float32 (K, 2) in resized target pixels, NaN where no source box contains the
+    keypoint; n_neighbours int64 (K,)).
+    """
+    best = confidence.max(dim=1).indices  # (Ns,) j*(i)
+    inside = keypoint_neighbours(src_boxes, src_kps)  # (K, Ns)
+    n_neighbours = inside.sum(dim=1)
+    src_tl = src_boxes[:, :2]
+    trg_tl = trg_boxes[best, :2]  # (Ns, 2)
+    # original order: (target corner) + (keypoint - source corner), zero for non-neighbours, sum over Ns
+    terms = trg_tl.unsqueeze(0) + (src_kps.unsqueeze(1) - src_tl.unsqueeze(0))  # (K, Ns, 2)
+    terms.mul_(inside.unsqueeze(2).to(terms.dtype))
+    pred = terms.sum(dim=1) / n_neighbours.unsqueeze(1).to(terms.dtype)
+    return pred, n_neighbours

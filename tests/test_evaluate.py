@@ -1,0 +1,189 @@
+"""End-to-end matching on synthetic pairs: identity and translation sanity, cache equivalence, HPF mode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from skimage import data as skdata
+
+from models.backbone import HyperpixelBackbone
+from models.weights import load_resnet
+from validation_and_test.evaluate import Matcher, MatchSettings, evaluate
+from validation_and_test.feature_cache import FeatureCache
+
+IDS = (2, 5, 7)  # ResNet-18: layer1 block 2 (stride 4), layer3 block 1, layer4 block 1
+LAYOUTS = {"pfpascal": "img", "pfwillow": "bbox", "spair": "bbox"}
+
+
+class ListDataset(torch.utils.data.Dataset):
+    """The data layer's sample contract, built in memory."""
+
+    def __init__(self, samples, name="pfwillow", default_thres="bbox", split="test"):
+        self.samples, self.name, self.default_thres, self.split = samples, name, default_thres, split
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        return self.samples[i]
+
+
+def _photo(name: str, long_side: int = 200) -> torch.Tensor:
+    img = torch.from_numpy(getattr(skdata, name)()).permute(2, 0, 1).contiguous()
+    height, width = img.shape[-2:]
+    step = max(1, max(height, width) // long_side)
+    return img[:, ::step, ::step].contiguous()
+
+
+def _kps(img: torch.Tensor, k: int, seed: int, margin: int = 24) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    height, width = img.shape[-2:]
+    return torch.stack([torch.rand(k, generator=g) * (width - 2 * margin) + margin,
+                        torch.rand(k, generator=g) * (height - 2 * margin) + margin], dim=1)
+
+
+def _sample(index, src, trg, src_kps, trg_kps, src_name, trg_name, layout="pfwillow"):
+    def extent(k):
+        return torch.cat([k.min(0).values, k.max(0).values])
+
+    trg_box = extent(trg_kps) if layout == "pfwillow" else torch.tensor(
+        [8.0, 6.0, trg.shape[-1] - 10.0, trg.shape[-2] - 4.0])
+    sample = {"index": index, "pair_name": f"{src_name}-{trg_name}", "src_name": src_name, "trg_name": trg_name,
+              "class_name": src_name.split("/")[0], "class_id": 0, "src_img": src, "trg_img": trg,
+              "src_kps": src_kps.float(), "trg_kps": trg_kps.float(), "src_bbox": extent(src_kps),
+              "trg_bbox": trg_box}
+    if layout == "spair":
+        sample.update(viewpoint_variation=0, scale_variation=1, truncation=0, occlusion=0)
+    return sample
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    model, arch, _ = load_resnet("resnet18", "random", seed=0)
+    return HyperpixelBackbone(model, arch)
+
+
+PHOTOS = ("chelsea", "astronaut", "coffee")
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_identical_photos_transfer_exactly(backbone, layout):
+    matcher = Matcher(backbone, MatchSettings(long_side=160))
+    samples = []
+    for i, name in enumerate(PHOTOS):
+        img = _photo(name)
+        kps = _kps(img, 10, seed=i)
+        samples.append(_sample(i, img, img, kps, kps, f"{name}/a", f"{name}/a", layout))
+    ds = ListDataset(samples, name=layout, default_thres=LAYOUTS[layout])
+    result = evaluate(matcher, ds, IDS)
+    assert result.n_pairs == 3
+    assert result.summary["pck"]["0.1"] == 100.0 and result.summary["pck"]["0.15"] == 100.0
+    assert result.summary["pck"]["0.05"] >= 99.0
+    assert [r["index"] for r in result.rows] == [0, 1, 2]
+    assert matcher.cache.hits == 3  # the target is the cached source
+    if layout == "spair":
+        assert "per_difficulty" in result.summary
+
+
+def test_identity_at_full_resolution(backbone):
+    """One faithful 300-px pair (SCOT resize, CAM on, one Sinkhorn update)."""
+    img = _photo("chelsea", long_side=400)
+    kps = _kps(img, 12, seed=5)
+    ds = ListDataset([_sample(0, img, img, kps, kps, "cat/a", "cat/a", "pfpascal")], "pfpascal", "img")
+    result = evaluate(Matcher(backbone, MatchSettings()), ds, IDS)
+    assert result.summary["pck"]["0.05"] >= 99.0 and result.summary["pck"]["0.1"] == 100.0
+
+
+def test_translated_copy(backbone):
+    matcher = Matcher(backbone, MatchSettings(long_side=160))
+    samples = []
+    for i, name in enumerate(PHOTOS):
+        img = _photo(name)
+        height, width = img.shape[-2:]
+        dx, dy = 20, 12
+        trg = torch.zeros_like(img)
+        trg[:, dy:, dx:] = img[:, : height - dy, : width - dx]
+        kps = _kps(img, 10, seed=10 + i, margin=30)
+        samples.append(_sample(i, img, trg, kps, kps + torch.tensor([dx, dy]), f"{name}/a", f"{name}/b",
+                               "pfpascal"))
+    result = evaluate(matcher, ListDataset(samples, "pfpascal", "img"), IDS)
+    assert result.summary["pck"]["0.1"] >= 90.0
+
+
+def _pairs(n_images=3):
+    imgs = {name: _photo(name, 120) for name in PHOTOS[:n_images]}
+    samples = []
+    for i, (a, b) in enumerate([(a, b) for a in imgs for b in imgs if a != b]):
+        src, trg = imgs[a], imgs[b]
+        src_kps = _kps(src, 6, seed=i, margin=10)
+        trg_kps = _kps(trg, 6, seed=100 + i, margin=10)
+        samples.append(_sample(i, src, trg, src_kps, trg_kps, f"{a}/x", f"{b}/x"))
+    return ListDataset(samples)
+
+
+def test_cache_gives_the_same_numbers_as_recomputing(backbone):
+    ds = _pairs()
+    settings = MatchSettings(long_side=120)
+    cached = Matcher(backbone, settings, cache_mb=512)
+    uncached = Matcher(backbone, settings, cache_mb=0)
+    blocks = Matcher(backbone, settings, cache_mb=512, cache_blocks=True)
+    results = [evaluate(m, ds, IDS) for m in (cached, uncached, blocks)]
+    assert cached.cache.hits == len(ds) * 2 - 3 and uncached.cache.hits == 0
+    assert results[0].rows == results[1].rows == results[2].rows
+    for i in range(len(ds)):  # bit-identical confidences
+        s = ds[i]
+        feats = [(m.image_features(s["src_img"], IDS, s["src_name"]),
+                  m.image_features(s["trg_img"], IDS, s["trg_name"])) for m in (cached, uncached, blocks)]
+        confs = [m.confidence(*f) for m, f in zip((cached, uncached, blocks), feats)]
+        assert torch.equal(confs[0], confs[1]) and torch.equal(confs[0], confs[2])
+    # another id set reuses the cached blocks (no backbone pass) and equals a fresh computation
+    before = blocks.cache.misses
+    acc = blocks.score_pairs(ds, (0, 4), alphas=(0.1,))
+    assert blocks.cache.misses == before
+    fresh = Matcher(backbone, settings).score_pairs(ds, (4, 0), alphas=(0.1,))
+    assert acc.rows() == fresh.rows()
+
+
+def test_feature_cache_is_bounded_lru():
+    cache = FeatureCache(max_mb=1.0)
+    mb = torch.zeros(2**18)  # 1 MiB float32
+    half = torch.zeros(2**17)
+    cache.put("a", half)
+    cache.put("b", half)
+    assert cache.get("a") is half  # a becomes most recent
+    cache.put("c", half)  # evicts b
+    assert "b" not in cache and "a" in cache and "c" in cache
+    assert cache.bytes <= cache.max_bytes
+    cache.put("big", torch.cat([mb, half]))  # larger than the budget: not stored
+    assert "big" not in cache
+    calls = []
+    assert cache.get_or_compute("d", lambda: calls.append(1) or half) is half
+    assert cache.get_or_compute("d", lambda: calls.append(1) or half) is half
+    assert calls == [1]
+
+
+def test_hpf_mode_prunes_boxes_and_keeps_small_images(backbone):
+    img = _photo("chelsea", 120)  # long side < 300: HPF does not resize, SCOT would upscale
+    matcher = Matcher(backbone, MatchSettings(hpf=True))
+    feats = matcher.image_features(img, IDS)
+    height, width = img.shape[-2:]
+    assert feats.scale == 1.0 and feats.size == (width, height)
+    j = backbone.jumps[2]
+    b = feats.boxes
+    assert ((b[:, 0] >= -j) & (b[:, 1] >= -j) & (b[:, 2] < width + j) & (b[:, 3] < height + j)).all()
+    full = Matcher(backbone, MatchSettings(hpf=False, long_side=max(height, width))).image_features(img, IDS)
+    assert full.scale == 1.0 and feats.feats.shape[0] < full.feats.shape[0]
+    assert feats.weights is None  # no OT marginals in HPF mode
+    kps = _kps(img, 8, seed=3)
+    result = evaluate(matcher, ListDataset([_sample(0, img, img, kps, kps, "c/a", "c/a")]), IDS)
+    assert result.summary["pck"]["0.1"] == 100.0
+
+
+@pytest.mark.parametrize("sim", ["OT", "cos", "cosGeo"])
+def test_other_similarities_and_uniform_marginals(backbone, sim):
+    img = _photo("astronaut", 120)
+    kps = _kps(img, 8, seed=4)
+    ds = ListDataset([_sample(0, img, img, kps, kps, "a/a", "a/a")])
+    matcher = Matcher(backbone, MatchSettings(sim=sim, classmap=0, long_side=120))
+    assert evaluate(matcher, ds, IDS).summary["pck"]["0.1"] == 100.0
+    assert matcher.timings["cam"] == 0.0

@@ -1,0 +1,50 @@
+"""Train image-level MoCo + pixel-level cycle-contrastive features.
+
+    python training/train.py --config configs/train/pfpascal_r50.yaml [--output-dir DIR] \
+        [--resume auto|PATH] [--device auto|cpu|cuda] [key.sub=value ...]
+    torchrun --nproc_per_node=8 training/train.py --config ...
+"""
+
+import sys
+from pathlib import Path
+
+# Run as a script, Python puts training/ first on sys.path, where training/logging.py would shadow the
+# standard library's `logging`: replace that entry by the repository root before anything is imported.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+import argparse  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+from configs.runtime import run_cli  # noqa: E402
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, add_help=add_help,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML preset, e.g. configs/train/pfpascal_r50.yaml")
+    parser.add_argument("--output-dir", default=None, help="run folder (default runs/<run name>)")
+    parser.add_argument("--resume", default=None,
+                        help="'auto' = newest checkpoint in the run folder (fresh start if none), or a path")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    from training.config import load_train_config
+    from training.trainer import train
+
+    cfg = load_train_config(args.config, args.overrides)
+    summary = train(cfg, args.output_dir, resume=args.resume, device=args.device, preset=args.config)
+    metrics = summary["last_metrics"]
+    shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in ("loss", "loss_moco", "loss_cycle", "moco_top1")
+                      if isinstance(metrics.get(k), float))
+    print(f"done: step {summary['step']}, {shown}; run folder {summary['output_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

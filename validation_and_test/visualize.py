@@ -1,0 +1,62 @@
+"""PNG figures of evaluated pairs: source keypoints, true and predicted target keypoints (`--vis-dir`)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:80]
+
+
+def pair_figure_path(vis_dir: str | Path, index: int, src_name: str, trg_name: str) -> Path:
+    stem = f"{index:06d}_{_safe(Path(src_name).stem)}-{_safe(Path(trg_name).stem)}.png"
+    return Path(vis_dir) / stem
+
+
+def save_pair_figure(path: str | Path, src_img: torch.Tensor, trg_img: torch.Tensor, src_kps: torch.Tensor,
+                     trg_kps: torch.Tensor, pred_kps: torch.Tensor, correct: torch.Tensor,
+                     title: str = "") -> Path:
+    """Source | target side by side, original resolution.
+
+    src_img/trg_img uint8 (3, H, W); keypoints (K, 2) in original pixels; pred (K, 2) in original target
+    pixels (NaN allowed); correct bool (K,) colours the predictions (green correct, red wrong) and the
+    error segments to the true target keypoints (circles).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=100)
+    colours = plt.get_cmap("tab10")
+    for ax, img in zip(axes, (src_img, trg_img)):
+        ax.imshow(img.permute(1, 2, 0).cpu().numpy())
+        ax.set_axis_off()
+    src = src_kps.cpu().float()
+    gt = trg_kps.cpu().float()
+    pred = pred_kps.cpu().float()
+    ok = correct.cpu().bool()
+    for k in range(src.shape[0]):
+        c = colours(k % 10)
+        axes[0].scatter(src[k, 0], src[k, 1], s=36, color=c, edgecolors="white", linewidths=0.8)
+        axes[1].scatter(gt[k, 0], gt[k, 1], s=36, color=c, edgecolors="white", linewidths=0.8)
+        if torch.isfinite(pred[k]).all():
+            mark = "limegreen" if ok[k] else "red"
+            axes[1].plot([gt[k, 0], pred[k, 0]], [gt[k, 1], pred[k, 1]], color=mark, linewidth=1.2)
+            axes[1].scatter(pred[k, 0], pred[k, 1], s=40, marker="x", color=mark, linewidths=1.8)
+    axes[0].set_title("source", fontsize=9)
+    axes[1].set_title("target: o true, x predicted (green = correct)", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
