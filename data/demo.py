@@ -253,10 +253,13 @@ def _manifest_ok(root: Path, seed: int) -> bool:
 
 
 def ensure_demo_data(root: str | Path | None = None, seed: int = 0) -> Path:
-    """Generate the demo benchmark into `root` (default `<repo>/.cache/demo`) unless a complete copy for this
-    seed and version is there; returns the folder. Deterministic given the seed; offline; safe when several
-    processes call it at once (generated in a temporary folder, then renamed)."""
-    root = Path(root) if root is not None else DEFAULT_DEMO_ROOT
+    """Generate the demo benchmark into `root` unless a complete copy for this seed and version is there
+    (one made for another seed or version is replaced); returns the folder. Default root:
+    `<repo>/.cache/demo` for seed 0, `<repo>/.cache/demo-seed<seed>` otherwise. Deterministic given the
+    seed; offline; safe when several processes call it at once (generated in a temporary folder, renamed)."""
+    if root is None:
+        root = DEFAULT_DEMO_ROOT if seed == 0 else DEFAULT_DEMO_ROOT.with_name(f"demo-seed{seed}")
+    root = Path(root)
     if _manifest_ok(root, seed):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -288,8 +291,8 @@ def demo_imagefolder(root: str | Path | None = None) -> Path:
 # ------------------------------------------------------------------------------------------- dataset
 @register("demo")
 class DemoPairs(PairDataset):
-    """Demo pairs; `root` = the demo cache folder (generated when missing). Threshold "bbox" = extent box
-    of the target keypoints (as PF-WILLOW)."""
+    """Demo pairs; `root` = the demo cache folder itself (default `<repo>/.cache/demo`), generated there
+    when it holds no `demo.json`. Threshold "bbox" = extent box of the target keypoints (as PF-WILLOW)."""
 
     folder = ""
     splits = ("trn", "val", "test")
@@ -298,9 +301,16 @@ class DemoPairs(PairDataset):
     classes = demo_classes()
 
     def __init__(self, root: str | Path | None = None, split: str = "test", seed: int = 0) -> None:
-        if root is None or not (Path(root) / "demo.json").is_file():
-            root = ensure_demo_data(root, seed=seed)
+        if root is not None and not (Path(root) / "demo.json").is_file():
+            if Path(root).is_dir() and any(Path(root).iterdir()):
+                raise UserError(f"{root} is not a demo data folder (no demo.json) and not empty; omit the "
+                                f"root to use {DEFAULT_DEMO_ROOT}, or name a new folder for the demo data")
+        root = ensure_demo_data(root, seed=seed)
         super().__init__(root, split)
+
+    def _describe_options(self) -> dict[str, Any]:
+        manifest = read_json(self.dir / "demo.json", what="demo manifest")
+        return {"demo_seed": manifest.get("seed"), "demo_version": manifest.get("version")}
 
     def download_hint(self) -> str:
         return "python -c 'import data.demo as d; d.ensure_demo_data()'"

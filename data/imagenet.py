@@ -9,6 +9,7 @@ with their parameters drawn from that generator.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,11 @@ def list_image_folder(root: str | Path) -> list[Path]:
     if not root.is_dir():
         raise UserError(f"image folder {root} does not exist (ImageNet: pass the path of ILSVRC2012 train/, "
                         f"laid out as train/<wnid>/<image>.JPEG; any ImageFolder works)")
-    files = sorted(p for p in root.glob("*/**/*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = []
+    for class_dir in sorted(e.path for e in os.scandir(root) if e.is_dir()):
+        for folder, _, names in os.walk(class_dir, followlinks=True):
+            files += [Path(folder) / n for n in names if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
+    files.sort()
     if not files:
         raise UserError(f"image folder {root} holds no images in <class>/<image> sub-folders (expected the "
                         f"ImageFolder layout, e.g. train/<wnid>/<image>.JPEG)")

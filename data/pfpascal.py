@@ -115,6 +115,10 @@ class PFPascal(PairDataset):
     def split_file(self) -> Path:
         return self.dir / f"{self.split}_pairs.csv"
 
+    def _describe_options(self) -> dict[str, Any]:
+        return {"keypoint_source": self.keypoint_source, "comparable": self.keypoint_source == "mat",
+                "drop_pairs_in": self.drop_pairs_in, "pairs_dropped": self.num_dropped}
+
     def required_paths(self) -> list[Path]:
         paths = [self.dir, self.split_file(), self.dir / "JPEGImages"]
         return paths + ([self.dir / "Annotations"] if self.keypoint_source == "mat" else [])

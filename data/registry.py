@@ -141,6 +141,15 @@ class PairDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def describe(self) -> dict[str, Any]:
+        """What results files should record about the data: name, split, root, pairs, default_thres, plus
+        the subclass's options (e.g. PF-PASCAL keypoint_source; `comparable` False for non-standard ones)."""
+        return {"dataset": self.name, "split": self.split, "root": str(self.root), "pairs": len(self),
+                "default_thres": self.default_thres, "comparable": True, **self._describe_options()}
+
+    def _describe_options(self) -> dict[str, Any]:
+        return {}
+
     def pair_meta(self, i: int) -> dict[str, Any]:
         """Cheap metadata (no image decoding): index, pair_name, src_name, trg_name, class_name, class_id."""
         rec = self.records[i]

@@ -60,6 +60,9 @@ class SPair(PairDataset):
         self._json_cache: dict[int, dict[str, Any]] = {}
         super().__init__(root, split)
 
+    def _describe_options(self) -> dict[str, Any]:
+        return {"layout": self.layout}
+
     def split_file(self) -> Path:
         return self.dir / "Layout" / self.layout / f"{self.split}.txt"
 

@@ -58,6 +58,7 @@ class CycleConfig:
     attention_bn: Literal["eval", "train"] = "eval"  # fix 5: BN mode of the no-grad attention pass(es)
     freeze_bn_stats: bool = False      # fix 5 option: pixel-branch passes do not update BN running stats
     fp32_affinity: bool = True         # fix 6: affinities and softmaxes in fp32 even under autocast
+    joint_pair_pass: bool = False      # speed: source and target in one pass (BN statistics over both)
     loss_reference_size: int = 224     # fix 7: coordinates rescaled to this image side in the MSE; 0 = raw px
 
     def __post_init__(self) -> None:
@@ -76,7 +77,7 @@ class CycleConfig:
 ORIGINAL_CYCLE_OVERRIDES: dict[str, Any] = {
     "pixel_centre_grid": False, "cell_mean_gt": False, "exact_crop_scale": False, "mask_invalid": False,
     "attention_norm": "batch", "crop_centre": "first_max", "crop_jitter": 0.0, "attention_bn": "train",
-    "freeze_bn_stats": False, "fp32_affinity": False, "loss_reference_size": 0,
+    "freeze_bn_stats": False, "fp32_affinity": False, "joint_pair_pass": False, "loss_reference_size": 0,
 }
 
 
@@ -101,6 +102,11 @@ class CycleResult:
     loss: torch.Tensor
     stats: dict[str, torch.Tensor]
     vis: Optional[dict[str, torch.Tensor]] = None
+
+
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Disable autocast for `device` (geometry and small fp32 math must not run in bf16/fp16)."""
+    return torch.autocast(device_type=device.type, enabled=False)
 
 
 # ---------------------------------------------------------------- backbone helpers
@@ -182,17 +188,18 @@ def attention_map(net: torchvision.models.ResNet, images: torch.Tensor, norm: st
             g = resnet_features(net, images, "layer4").float().mean(dim=(2, 3))
         else:
             g = f4.float().mean(dim=(2, 3))
-    a = torch.einsum("bc,bchw->bhw", F.normalize(g, dim=1), F.normalize(f4.float(), dim=1))
-    b = a.shape[0]
-    if norm == "image":
-        lo = a.amin(dim=(1, 2), keepdim=True)
-        hi = a.amax(dim=(1, 2), keepdim=True)
-    else:
-        k = groups if b % groups == 0 else 1
-        view = a.reshape(b // k, k, *a.shape[1:])
-        lo = view.amin(dim=(0, 2, 3), keepdim=True).expand_as(view).reshape_as(a)
-        hi = view.amax(dim=(0, 2, 3), keepdim=True).expand_as(view).reshape_as(a)
-    return (a - lo) / (hi - lo).clamp_min(1e-12)
+    with _no_autocast(images.device):
+        a = (F.normalize(g, dim=1)[:, :, None, None] * F.normalize(f4.float(), dim=1)).sum(dim=1)
+        b = a.shape[0]
+        if norm == "image":
+            lo = a.amin(dim=(1, 2), keepdim=True)
+            hi = a.amax(dim=(1, 2), keepdim=True)
+        else:
+            k = groups if b % groups == 0 else 1
+            view = a.reshape(b // k, k, *a.shape[1:])
+            lo = view.amin(dim=(0, 2, 3), keepdim=True).expand_as(view).reshape_as(a)
+            hi = view.amax(dim=(0, 2, 3), keepdim=True).expand_as(view).reshape_as(a)
+        return (a - lo) / (hi - lo).clamp_min(1e-12)
 
 
 # ---------------------------------------------------------------- geometry (pure functions)
@@ -353,7 +360,14 @@ class CropSample:
 def augment_and_crop(src: torch.Tensor, attn: torch.Tensor, cfg: CycleConfig,
                      generator: torch.Generator) -> CropSample:
     """Steps 2-6: tracking grid, flip and rotation of (image, grid, validity, attention), attention-guided
-    crop, cell ground truth. src (B, 3, S, S); attn (B, h, w) attention of the un-augmented source."""
+    crop, cell ground truth. src (B, 3, S, S); attn (B, h, w) attention of the un-augmented source.
+    Computed in fp32 (autocast off)."""
+    with _no_autocast(src.device):
+        return _augment_and_crop(src, attn, cfg, generator)
+
+
+def _augment_and_crop(src: torch.Tensor, attn: torch.Tensor, cfg: CycleConfig,
+                      generator: torch.Generator) -> CropSample:
     b, _, size, _ = src.shape
     stride, patch = STAGE_STRIDE[cfg.feature_stage], cfg.patch_size
     attn_up = F.interpolate(attn[:, None].float(), size=(size, size), mode="nearest")
@@ -397,7 +411,7 @@ def cycle_loss(encoder: torchvision.models.ResNet, src: torch.Tensor, trg: torch
     if src.shape != trg.shape or src.dim() != 4 or src.shape[2] != src.shape[3]:
         raise UserError(f"cycle branch needs square source/target batches of equal shape, got "
                         f"{tuple(src.shape)} and {tuple(trg.shape)}")
-    b, _, size, _ = src.shape
+    size = src.shape[-1]
     if size % 32 or cfg.patch_size > size:
         raise UserError(f"cycle branch: image side {size} must be a multiple of 32 and "
                         f">= cycle.patch_size={cfg.patch_size}")
@@ -411,13 +425,16 @@ def cycle_loss(encoder: torchvision.models.ResNet, src: torch.Tensor, trg: torch
     # 7. features with gradient (separate passes, as the released code: BN statistics per pass)
     with frozen_bn_stats(encoder, cfg.freeze_bn_stats):
         f0, _ = _flat_features(encoder, crop_img, cfg)
-        f1, (h1, w1) = _flat_features(encoder, src, cfg)
-        f2, (h2, w2) = _flat_features(encoder, trg, cfg)
+        if cfg.joint_pair_pass:
+            f12, (h1, w1) = _flat_features(encoder, torch.cat([src, trg]), cfg)
+            (f1, f2), (h2, w2) = f12.chunk(2), (h1, w1)
+        else:
+            f1, (h1, w1) = _flat_features(encoder, src, cfg)
+            f2, (h2, w2) = _flat_features(encoder, trg, cfg)
     centres_src = cell_centres(h1, w1, size / h1, size / w1, device)
 
     # 8-10. affinities, cycle affinity, soft-argmax; 11. masked MSE
-    amp_off = torch.autocast(device_type=device.type, enabled=False) if cfg.fp32_affinity \
-        else contextlib.nullcontext()
+    amp_off = _no_autocast(device) if cfg.fp32_affinity else contextlib.nullcontext()
     with amp_off:
         if cfg.fp32_affinity:
             f0, f1, f2 = f0.float(), f1.float(), f2.float()

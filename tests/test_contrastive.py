@@ -15,7 +15,8 @@ from models.moco import MoCoConfig
 def small_model(cycle: CycleConfig | None = None, seed: int = 0, **moco) -> ContrastiveCorrespondence:
     torch.manual_seed(seed)
     cfg = MoCoConfig(**{"arch": "resnet18", "dim": 16, "queue_size": 32, **moco})
-    return ContrastiveCorrespondence(cfg, cycle or CycleConfig(patch_size=32), torch.Generator().manual_seed(1))
+    cycle = cycle or CycleConfig(patch_size=32)
+    return ContrastiveCorrespondence(cfg, cycle, torch.Generator().manual_seed(1))
 
 
 def batch(seed: int = 0, b: int = 2) -> dict[str, torch.Tensor]:
@@ -25,7 +26,8 @@ def batch(seed: int = 0, b: int = 2) -> dict[str, torch.Tensor]:
 
 
 def run(model, data, seed: int = 5, **kw):
-    return model(data["im_q"], data["im_k"], data["src"], data["trg"], torch.Generator().manual_seed(seed), **kw)
+    gen = torch.Generator().manual_seed(seed)
+    return model(data["im_q"], data["im_k"], data["src"], data["trg"], gen, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,8 @@ def test_outputs_total_and_gradients_reach_every_query_parameter(model) -> None:
     assert torch.allclose(out["loss"], want)
     assert out["vis"]["cycle_pred"].shape == (2, 4, 2) and out["vis"]["crop"].shape == (2, 3, 32, 32)
     out["loss"].backward()
-    no_grad = [n for n, p in model.encoder_q.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    no_grad = [n for n, p in model.encoder_q.named_parameters()
+               if p.grad is None or not p.grad.abs().sum() > 0]
     assert no_grad == []
     assert all(not p.requires_grad and p.grad is None for p in model.encoder_k.parameters())
 
@@ -71,8 +74,6 @@ def test_same_generator_same_step_regardless_of_global_rng() -> None:
         states.append(m.state_dict())
     assert outs[0]["loss"].item() == outs[1]["loss"].item()
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
-    other = run(small_model(bn_splits=2, seed=3), data, seed=12)  # another step's draws differ
-    assert other["loss"].item() != outs[0]["loss"].item()
 
 
 def test_original_preset_with_split_bn_runs() -> None:

@@ -32,7 +32,7 @@ S, P, STRIDE = 224, 128, 16
 
 
 def direct_aug_to_src(q: torch.Tensor, flip: bool, angle_deg: float, size: int = S) -> torch.Tensor:
-    """Pixel-space map of the augmentation: augmented point q (..., 2) -> source point, p = C + Flip Rot (q - C)."""
+    """Pixel-space augmentation map: augmented point q (..., 2) -> source point p = C + Flip Rot (q - C)."""
     a = math.radians(angle_deg)
     rot = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], dtype=torch.float64)
     fl = torch.diag(torch.tensor([-1.0 if flip else 1.0, 1.0], dtype=torch.float64))
@@ -144,7 +144,7 @@ def positional_encoder(monkeypatch: pytest.MonkeyPatch):
     """Features that identify source positions exactly; attention peaks at cell (3, 3)."""
     monkeypatch.setattr(cycle, "resnet_features", fake_positional_features)
     monkeypatch.setattr(cycle, "attention_map",
-                        lambda net, images, *a, **k: one_hot_attention(images.shape[0], [(3, 3)] * images.shape[0]))
+                        lambda net, images, *a, **k: one_hot_attention(len(images), [(3, 3)] * len(images)))
     return nn.Identity()
 
 
@@ -220,7 +220,8 @@ def test_attention_map_normalisation_and_bn_mode(tiny_net) -> None:
     x = torch.randn(4, 3, 64, 64)
     a = attention_map(tiny_net, x, norm="image", bn="eval")
     assert a.shape == (4, 2, 2)
-    assert torch.allclose(a.amin(dim=(1, 2)), torch.zeros(4)) and torch.allclose(a.amax(dim=(1, 2)), torch.ones(4))
+    assert torch.allclose(a.amin(dim=(1, 2)), torch.zeros(4))
+    assert torch.allclose(a.amax(dim=(1, 2)), torch.ones(4))
     assert all(m.training for m in tiny_net.modules())  # BN modes restored
     x2 = x.clone()
     x2[1:] = torch.randn(3, 3, 64, 64)
@@ -253,7 +254,8 @@ def test_cycle_loss_real_net_deterministic_batch_one_and_global_rng_untouched(ti
     r2 = cycle_loss(tiny_net, src, trg, cfg, torch.Generator().manual_seed(7), return_vis=True)
     assert r1.loss.dim() == 0 and torch.isfinite(r1.loss)
     assert r1.loss.item() == pytest.approx(r2.loss.item(), rel=1e-5)
-    assert torch.equal(r1.vis["flip"], r2.vis["flip"]) and torch.equal(r1.vis["angle_deg"], r2.vis["angle_deg"])
+    assert torch.equal(r1.vis["flip"], r2.vis["flip"])
+    assert torch.equal(r1.vis["angle_deg"], r2.vis["angle_deg"])
     assert r1.vis["cycle_pred"].shape == (1, 4, 2) and r1.vis["attention"].shape == (1, 64, 64)
 
 

@@ -11,6 +11,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 import data
+from configs.runtime import UserError
 from data import demo
 from data.demo import (
     SPLIT_PHOTOS,
@@ -152,6 +153,13 @@ def test_demo_default_root_and_imagefolder(demo_root):
     classes = sorted(p.name for p in folder.iterdir())
     assert classes == sorted(SPLIT_PHOTOS["trn"])
     assert all(len(list((folder / c).glob("*.png"))) >= 2 for c in classes)
+
+
+def test_demo_refuses_foreign_folder(tmp_path):
+    (tmp_path / "PF-WILLOW").mkdir()
+    with pytest.raises(UserError, match="not a demo data folder"):
+        data.build_dataset("demo", root=tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["PF-WILLOW"]
 
 
 def test_demo_regenerates_on_seed_change(tmp_path, monkeypatch):

@@ -62,6 +62,9 @@ def pascal_root(tmp_path):
 def test_mat_keypoints_keep_rows_visible_in_both(pascal_root):
     ds = data.build_dataset("pfpascal", root=pascal_root, split="test")
     assert ds.default_thres == "img" and ds.check_thres("auto") == "img" and ds.check_thres("bbox") == "bbox"
+    assert ds.describe() == {"dataset": "pfpascal", "split": "test", "root": str(pascal_root), "pairs": 1,
+                             "default_thres": "img", "comparable": True, "keypoint_source": "mat",
+                             "drop_pairs_in": None, "pairs_dropped": 0}
     s = ds[0]
     assert np.array_equal(s["src_kps"].numpy(), [[10, 11], [40, 41]])
     assert np.array_equal(s["trg_kps"].numpy(), [[12, 13], [42, 43]])
@@ -77,6 +80,7 @@ def test_csv_keypoint_mode(pascal_root):
     assert ds.keypoint_source == "csv"
     assert np.array_equal(s["src_kps"].numpy(), [[10, 11], [40, 41]]) and torch.isnan(s["trg_bbox"]).all()
     assert ds.check_thres("auto") == "img"
+    assert ds.describe()["keypoint_source"] == "csv" and ds.describe()["comparable"] is False
     with pytest.raises(UserError, match="--thres bbox is not available"):
         ds.check_thres("bbox")
     with pytest.raises(UserError, match="split trn has no keypoint columns"):

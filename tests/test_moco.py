@@ -37,7 +37,8 @@ def test_split_bn_k1_equals_batchnorm_train_and_eval() -> None:
     for _ in range(3):
         x = torch.randn(8, 5, 4, 4) * 3 + 1
         assert torch.allclose(bn(x), sbn(x), atol=1e-6)
-    assert torch.allclose(bn.running_mean, sbn.running_mean) and torch.allclose(bn.running_var, sbn.running_var)
+    assert torch.allclose(bn.running_mean, sbn.running_mean)
+    assert torch.allclose(bn.running_var, sbn.running_var)
     bn.eval()
     sbn.eval()
     x = torch.randn(3, 5, 4, 4)
@@ -105,10 +106,9 @@ def test_momentum_update_and_key_encoder_frozen() -> None:
         assert torch.allclose(pk, 0.9 * pk0 + 0.1 * pq, atol=1e-6)
 
 
-@pytest.mark.parametrize("bn_splits", [1, 2])
-def test_forward_logits_match_independent_computation(bn_splits: int) -> None:
+def test_forward_logits_match_independent_computation() -> None:
     torch.manual_seed(0)
-    moco = MoCo(tiny_cfg(bn_splits=bn_splits))
+    moco = MoCo(tiny_cfg(bn_splits=2))
     im_q, im_k = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
     queue0 = moco.queue.clone()
     logits, labels = moco(im_q, im_k, torch.Generator().manual_seed(1))
