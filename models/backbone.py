@@ -66,7 +66,7 @@ def validate_ids(ids: Sequence[int], n_ids: int) -> tuple[int, ...]:
 
 @dataclass
 class BlockMaps:
-    """Per-id feature maps of one forward pass: `maps[id]` (B, C, h, w); `final` = post-ReLU layer4 or None."""
+    """Per-id maps of one forward pass: `maps[id]` (B, C, h, w); `final` = post-ReLU layer4 or None."""
 
     maps: dict[int, torch.Tensor]
     final: torch.Tensor | None

@@ -8,6 +8,10 @@ API (stable; the combined model and the training loop call it):
     out.stats           # dict of detached 0-dim tensors: valid fraction, mean max probabilities, error in px
     out.vis             # None, or detached tensors for the paper-like figure (see `CycleResult`)
 
+Building blocks, each tested on its own: `attention_map` (step 1), `augment_and_crop` (steps 2-6: flip,
+rotation, attention-guided crop, cell ground truth with validity), `resnet_features` (step 7),
+`soft_argmax_walk` (steps 8-10), `masked_coordinate_mse` (step 11).
+
 `encoder_q` is a torchvision ResNet (the MoCo query encoder); `src`, `trg`: (B, 3, S, S) ImageNet-normalised
 pairs (S = 224 in the paper). All random draws (flip, rotation angle, optional crop jitter) come from
 `generator` (per rank under DDP), in this order: flip (B), angle (B), jitter (B, 2) only if jitter > 0.

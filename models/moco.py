@@ -3,6 +3,7 @@
 API (stable; the training loop calls it):
 
     cfg = MoCoConfig(arch="resnet50")                 # paper defaults: v1, K 65536, m 0.999, T 0.07
+    cfg_v2 = MoCoConfig(**MOCO_V2_OVERRIDES)          # v2: MLP head, T 0.2
     moco = MoCo(cfg, generator=torch.Generator().manual_seed(seed))   # generator only draws the queue init
     logits, labels = moco(im_q, im_k, generator)      # (B, 1+K) fp32, (B,) zeros; also enqueues the keys
     loss = F.cross_entropy(logits, labels)
@@ -66,6 +67,10 @@ class MoCoConfig:
             raise ValueError(f"moco.momentum must lie in [0, 1], got {self.momentum}")
         if self.temperature <= 0:
             raise ValueError(f"moco.temperature must be > 0, got {self.temperature}")
+
+
+# MoCo v2 model switches (its stronger augmentation and cosine schedule belong to the training config).
+MOCO_V2_OVERRIDES = {"mlp": True, "temperature": 0.2}
 
 
 class SplitBatchNorm(nn.BatchNorm2d):

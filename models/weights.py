@@ -13,8 +13,10 @@ import hashlib
 import os
 import re
 import socket
+import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 import torchvision
@@ -115,8 +117,26 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def _host_resolves(url: str, timeout_s: float) -> bool:
+    """DNS lookup of the URL's host with a hard deadline (getaddrinfo ignores socket timeouts)."""
+    host = urlparse(url).hostname or ""
+    result: list[bool] = []
+
+    def lookup() -> None:
+        try:
+            socket.getaddrinfo(host, 443)
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=lookup, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return bool(result and result[0])
+
+
 def imagenet_state_dict(arch: str, timeout_s: float = 10.0) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """torchvision `IMAGENET1K_V1` weights of `arch` (never `DEFAULT`): hub cache first, else one download try.
+    """torchvision `IMAGENET1K_V1` weights of `arch` (never `DEFAULT`): hub cache first, else one try.
 
     Offline (no cache, no network, or `$CC_NO_DOWNLOAD=1`) -> one-line `UserError` naming the file to place.
     """
@@ -127,13 +147,17 @@ def imagenet_state_dict(arch: str, timeout_s: float = 10.0) -> tuple[dict[str, t
     url = weights.url
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
     if not cached.is_file():
-        hint = (f"ImageNet weights {arch} IMAGENET1K_V1 are not in the torch hub cache ({cached}) and cannot be "
-                f"downloaded; fetch {url} into that folder (or set TORCH_HOME), or use --weights random/PATH")
+        hint = (f"ImageNet weights {arch} IMAGENET1K_V1 are not in the torch hub cache ({cached}) and "
+                f"cannot be downloaded; fetch {url} into that folder (or set TORCH_HOME), "
+                f"or use --weights random/PATH")
         if os.environ.get("CC_NO_DOWNLOAD", "") not in ("", "0"):
+            raise UserError(hint)
+        if not _host_resolves(url, timeout_s):
             raise UserError(hint)
         old = socket.getdefaulttimeout()
         socket.setdefaulttimeout(timeout_s)
         try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
             torch.hub.download_url_to_file(url, str(cached), progress=False)
         except Exception as err:
             raise UserError(hint) from err
@@ -142,7 +166,7 @@ def imagenet_state_dict(arch: str, timeout_s: float = 10.0) -> tuple[dict[str, t
     try:
         sd = torch.load(cached, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise UserError(f"cached ImageNet weights {cached} are unreadable; delete the file and retry") from err
+        raise UserError(f"cached ImageNet weights {cached} are unreadable; delete it and retry") from err
     return sd, {"weights": "imagenet", "name": f"{arch}.IMAGENET1K_V1", "url": url, "file": str(cached),
                 "sha256_prefix": Path(url).stem.rsplit("-", 1)[-1]}
 
@@ -189,7 +213,7 @@ def load_resnet(backbone: str = "auto", weights: str = "imagenet", seed: int = 0
         missing, unexpected = model.load_state_dict(sd, strict=False)
     except RuntimeError as err:  # shape mismatches
         detail = str(err).strip().splitlines()[-1].strip()[:200]
-        raise UserError(f"{source}: tensors do not fit a torchvision {arch} ({kind} layout): {detail}") from err
+        raise UserError(f"{source}: tensors do not fit a torchvision {arch} ({kind}): {detail}") from err
     if missing or unexpected:
         what = (f"missing keys {missing[:3]}{'...' if len(missing) > 3 else ''}" if missing else "") + (
             f"{'; ' if missing else ''}unexpected keys {unexpected[:3]}" if unexpected else "")

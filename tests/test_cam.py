@@ -34,7 +34,8 @@ def _reference_cam(net: torchvision.models.ResNet, x: torch.Tensor) -> torch.Ten
     net.layer4.register_forward_hook(lambda m, i, o: feats.__setitem__("f", o))
     total = torch.zeros(height, width)
     inputs = [x]
-    inputs.append(F.interpolate(x, (int(1.5 * height), int(1.5 * width)), mode="bilinear", align_corners=True))
+    size15 = (int(1.5 * height), int(1.5 * width))
+    inputs.append(F.interpolate(x, size15, mode="bilinear", align_corners=True))
     inputs.append(F.interpolate(inputs[1], (2 * height, 2 * width), mode="bilinear", align_corners=True))
     for inp in inputs:
         logits = net(inp)[0]

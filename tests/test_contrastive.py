@@ -78,15 +78,9 @@ def test_same_generator_same_step_regardless_of_global_rng() -> None:
 
 def test_original_preset_with_split_bn_runs() -> None:
     m = small_model(original_cycle_config(patch_size=32), bn_splits=2)
-    out = run(m, batch(3, b=4))
+    data = batch(3)
+    out = m(None, None, data["src"], data["trg"], torch.Generator().manual_seed(0))
     assert torch.isfinite(out["loss"]) and out["cycle_valid_fraction"].item() == 1.0
-
-
-def test_affinities_stay_fp32_under_autocast(model) -> None:
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = run(model, batch(4))
-    assert out["loss_cycle"].dtype == torch.float32 and out["loss_moco"].dtype == torch.float32
-    assert torch.isfinite(out["loss"])
 
 
 def test_state_dict_has_checkpoint_layout_and_loads_in_evaluation(model, tmp_path) -> None:

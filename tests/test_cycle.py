@@ -264,3 +264,20 @@ def test_config_rejects_bad_values() -> None:
         CycleConfig(patch_size=100)
     with pytest.raises(UserError):
         original_cycle_config(not_a_key=1)
+
+
+def test_joint_pair_pass_equals_separate_passes_in_eval_mode(tiny_net) -> None:
+    tiny_net.eval()  # eval-mode BN: one pass over [src; trg] must give the separate passes' features
+    src, trg = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    losses = [cycle_loss(tiny_net, src, trg, CycleConfig(patch_size=32, joint_pair_pass=joint),
+                         torch.Generator().manual_seed(2)).loss.item() for joint in (False, True)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    tiny_net.train()
+
+
+def test_affinities_and_loss_stay_fp32_under_autocast(tiny_net) -> None:
+    tiny_net.train()
+    src, trg = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        res = cycle_loss(tiny_net, src, trg, CycleConfig(patch_size=32), torch.Generator().manual_seed(0))
+    assert res.loss.dtype == torch.float32 and torch.isfinite(res.loss)

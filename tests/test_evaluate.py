@@ -48,7 +48,8 @@ def _sample(index, src, trg, src_kps, trg_kps, src_name, trg_name, layout="pfwil
 
     trg_box = extent(trg_kps) if layout == "pfwillow" else torch.tensor(
         [8.0, 6.0, trg.shape[-1] - 10.0, trg.shape[-2] - 4.0])
-    sample = {"index": index, "pair_name": f"{src_name}-{trg_name}", "src_name": src_name, "trg_name": trg_name,
+    sample = {"index": index, "pair_name": f"{src_name}-{trg_name}", "src_name": src_name,
+              "trg_name": trg_name,
               "class_name": src_name.split("/")[0], "class_id": 0, "src_img": src, "trg_img": trg,
               "src_kps": src_kps.float(), "trg_kps": trg_kps.float(), "src_bbox": extent(src_kps),
               "trg_bbox": trg_box}
@@ -193,3 +194,13 @@ def test_other_similarities_and_uniform_marginals(backbone, sim):
     matcher = Matcher(backbone, MatchSettings(sim=sim, classmap=0, long_side=120))
     assert evaluate(matcher, ds, IDS).summary["pck"]["0.1"] == 100.0
     assert matcher.timings["cam"] < 1e-3  # CAM not computed
+
+
+def test_shards_cover_every_pair_once():
+    from configs.runtime import DistInfo
+    from validation_and_test.evaluate import shard_indices
+
+    for n, max_pairs, world in [(10, None, 3), (7, 5, 2), (2, None, 4)]:
+        shards = [shard_indices(n, max_pairs, DistInfo(r, world, r, torch.device("cpu"))) for r in range(world)]
+        assert sum(shards, []) == list(range(min(n, max_pairs or n)))
+    assert shard_indices(5, None, None) == [0, 1, 2, 3, 4]

@@ -73,8 +73,15 @@ def test_shuffle_then_unshuffle_is_identity() -> None:
     assert torch.equal(ddp_unshuffle(shuffled, unshuffle), x)
 
 
-def test_queue_enqueue_and_wrap_around() -> None:
-    moco = MoCo(tiny_cfg(queue_size=6, dim=4))
+@pytest.fixture(scope="module")
+def small_moco() -> MoCo:
+    torch.manual_seed(0)
+    return MoCo(tiny_cfg(queue_size=6, dim=4, momentum=0.9))
+
+
+def test_queue_enqueue_and_wrap_around(small_moco) -> None:
+    moco = small_moco
+    moco.queue_ptr.zero_()
     keys = [torch.full((4, 4), float(i + 1)) for i in range(3)]
     moco.dequeue_and_enqueue(keys[0])
     assert moco.queue_ptr.item() == 4 and torch.all(moco.queue[:, :4] == 1)
@@ -87,15 +94,19 @@ def test_queue_enqueue_and_wrap_around() -> None:
         moco.dequeue_and_enqueue(torch.zeros(7, 4))
 
 
-def test_queue_init_from_generator_normalised() -> None:
-    a = MoCo(tiny_cfg(), torch.Generator().manual_seed(4))
-    b = MoCo(tiny_cfg(), torch.Generator().manual_seed(4))
-    assert torch.equal(a.queue, b.queue) and a.queue.shape == (8, 12)
-    assert torch.allclose(a.queue.norm(dim=0), torch.ones(12)) and a.queue_ptr.item() == 0
+def test_queue_init_from_generator_normalised(small_moco) -> None:
+    small_moco.queue_ptr.fill_(3)
+    small_moco.reset_queue(torch.Generator().manual_seed(4))
+    first = small_moco.queue.clone()
+    small_moco.reset_queue(torch.Generator().manual_seed(4))
+    assert torch.equal(small_moco.queue, first) and first.shape == (4, 6)
+    assert torch.allclose(first.norm(dim=0), torch.ones(6)) and small_moco.queue_ptr.item() == 0
+    small_moco.reset_queue(torch.Generator().manual_seed(5))
+    assert not torch.equal(small_moco.queue, first)
 
 
-def test_momentum_update_and_key_encoder_frozen() -> None:
-    moco = MoCo(tiny_cfg(momentum=0.9))
+def test_momentum_update_and_key_encoder_frozen(small_moco) -> None:
+    moco = small_moco
     assert all(not p.requires_grad for p in moco.encoder_k.parameters())
     with torch.no_grad():
         for p in moco.encoder_q.parameters():
@@ -178,6 +189,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes: ~10 s on an idle 2-core machine, much more when it is shared
 def test_ddp_shuffle_bn_and_enqueue_two_gloo_processes(tmp_path) -> None:
     import torch.multiprocessing as mp
 

@@ -35,7 +35,8 @@ CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 def tiny_model(seed: int = 0, queue: int = 32) -> ContrastiveCorrespondence:
     torch.manual_seed(seed)
     return ContrastiveCorrespondence(MoCoConfig(arch="resnet18", queue_size=queue),
-                                     CycleConfig(patch_size=32), generator=torch.Generator().manual_seed(seed))
+                                     CycleConfig(patch_size=32),
+                                     generator=torch.Generator().manual_seed(seed))
 
 
 # ----------------------------------------------------------------------------------------- schedules
@@ -99,7 +100,8 @@ def test_samplers_resume_by_skipping_consumed_batches():
 def test_checkpoint_weights_only_keep_last_and_resume_auto(tmp_path):
     model = tiny_model()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
-    model(torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32), None, None, torch.Generator())["loss"].backward()
+    out = model(torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32), None, None, torch.Generator())
+    out["loss"].backward()
     opt.step()
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     cfg = {"seed": 0, "nested": {"a": [1, 2.5, "x", True, None]}}
@@ -110,7 +112,8 @@ def test_checkpoint_weights_only_keep_last_and_resume_auto(tmp_path):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # no pickled Python objects
         assert ckpt["format"] == "contrastive-correspondence/v1" and ckpt["arch"] == "resnet18"
         assert ckpt["config"] == cfg
-        assert set(k.split(".")[1] for k in ckpt["state_dict"]) == {"encoder_q", "encoder_k", "queue", "queue_ptr"}
+        parts = {k.split(".")[1] for k in ckpt["state_dict"]}
+        assert parts == {"encoder_q", "encoder_k", "queue", "queue_ptr"}
     assert find_resume_checkpoint("auto", tmp_path.parent / "nothing") is None
     run = tmp_path.parent
     (run / "checkpoints").mkdir(exist_ok=True)
@@ -122,7 +125,8 @@ def test_checkpoint_weights_only_keep_last_and_resume_auto(tmp_path):
 
     fresh = tiny_model(seed=1)
     opt2 = torch.optim.SGD([p for p in fresh.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
-    epoch, step = restore_training_state(torch.load(tmp_path / "last.pth", weights_only=True), fresh, opt2, scaler)
+    last = torch.load(tmp_path / "last.pth", weights_only=True)
+    epoch, step = restore_training_state(last, fresh, opt2, scaler)
     assert (epoch, step) == (2, 8)
     for (k, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(a, b), k
@@ -136,7 +140,8 @@ def test_checkpoint_weights_only_keep_last_and_resume_auto(tmp_path):
 
 def _moco_file(tmp_path, model: ContrastiveCorrespondence, with_key: bool = True, extra: bool = True):
     """A facebookresearch/moco-format training checkpoint (`module.` keys, epoch, arch, optimizer)."""
-    sd = {f"module.{k}": v for k, v in model.state_dict().items() if with_key or not k.startswith("encoder_k.")}
+    sd = {f"module.{k}": v for k, v in model.state_dict().items()
+          if with_key or not k.startswith("encoder_k.")}
     if extra:
         sd["module.some_head.weight"] = torch.zeros(3)
     path = tmp_path / "moco_v1.pth.tar"
@@ -244,8 +249,9 @@ def _run_in_process(tmp_path, monkeypatch, pairs: _Pairs, overrides: list[str]):
     real = tdata.build_training_data
     monkeypatch.setattr(trainer, "build_training_data", lambda cfg, info: real(
         cfg, info, _Views(8, 32), tdata.PairSelection(pairs, len(pairs), {})))
-    cfg = load_train_config(None, ["moco.arch=resnet18", "moco.queue_size=16", "batch_size=4", "pair_batch_size=2",
-                                   "cycle.patch_size=16", "epochs=2", "init.kind=random", "num_workers=0",
+    cfg = load_train_config(None, ["moco.arch=resnet18", "moco.queue_size=16", "batch_size=4",
+                                   "pair_batch_size=2", "cycle.patch_size=16", "epochs=2", "init.kind=random",
+                                   "num_workers=0",
                                    "log.progress=false", "log.tensorboard=false", *overrides])
     return trainer.train(cfg, tmp_path / "run", info=CPU)
 

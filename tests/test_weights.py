@@ -10,6 +10,7 @@ import torchvision
 from torch import nn
 
 from configs.runtime import UserError
+from models import weights
 from models.weights import encoder_state_dict, infer_arch, load_resnet, read_checkpoint
 
 
@@ -125,6 +126,7 @@ def test_imagenet_download_failure_is_a_user_error(tmp_path, monkeypatch):
         raise OSError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", unreachable)
+    monkeypatch.setattr(weights, "_host_resolves", lambda url, timeout_s: True)  # no real DNS in tests
     with pytest.raises(UserError, match="cannot be downloaded"):
         load_resnet("resnet50", "imagenet")
 

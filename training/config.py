@@ -58,6 +58,7 @@ class OptimConfig:
     gamma: float = 0.1
     warmup_epochs: float = 0.0           # cosine only
     final_lr: float = 0.0                # cosine only
+    clip_grad_norm: Optional[float] = None  # total-norm clipping (not in the paper; random-init demo runs)
 
 
 @dataclass
@@ -95,7 +96,6 @@ class TrainConfig:
     num_workers: int = 2                 # loader workers per rank
     amp: Literal["off", "bf16", "fp16"] = "off"   # autocast on CUDA (bf16 also on CPU)
     channels_last: bool = False          # CUDA memory format
-    compile: bool = False                # torch.compile the encoders (CUDA benchmarks)
     moco: MoCoConfig = field(default_factory=MoCoConfig)
     cycle: CycleConfig = field(default_factory=CycleConfig)
     image_data: ImageDataConfig = field(default_factory=ImageDataConfig)

@@ -207,6 +207,9 @@ def train(cfg: TrainConfig, output_dir: str | Path | None = None, resume: str | 
                                         f"lower optim.lr or check the data (run folder {out_dir})")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(out["loss"]).backward()
+                if cfg.optim.clip_grad_norm is not None:
+                    scaler.unscale_(optimizer)
+                    out["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
                 _sync(info.device)

@@ -282,11 +282,14 @@ def resolve_thres(dataset: Any, thres: str) -> str:
 
 
 def shard_indices(n: int, max_pairs: int | None, info: DistInfo | None) -> list[int]:
-    """The first `max_pairs` pair indices (split order), strided over torchrun ranks."""
-    indices = list(range(n if max_pairs is None else min(n, max_pairs)))
-    if info is not None and info.distributed:
-        indices = indices[info.rank::info.world_size]
-    return indices
+    """The first `max_pairs` pair indices (split order); under torchrun a contiguous block per rank, so that
+    the pairs sharing an image (consecutive in the split files) stay on one rank and hit its cache."""
+    total = n if max_pairs is None else min(n, max_pairs)
+    if info is None or not info.distributed:
+        return list(range(total))
+    start = total * info.rank // info.world_size
+    stop = total * (info.rank + 1) // info.world_size
+    return list(range(start, stop))
 
 
 def evaluate(matcher: Matcher, dataset: Any, ids: Sequence[int], alphas: Sequence[float] = (0.05, 0.1, 0.15),

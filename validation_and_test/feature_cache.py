@@ -73,4 +73,5 @@ class FeatureCache:
         self.bytes = 0
 
     def stats(self) -> dict[str, float]:
-        return {"entries": len(self._items), "mb": self.bytes / 2**20, "hits": self.hits, "misses": self.misses}
+        return {"entries": len(self._items), "mb": self.bytes / 2**20, "hits": self.hits,
+                "misses": self.misses}

@@ -38,9 +38,9 @@ from validation_and_test.config import EvalConfig, preset_path  # noqa: E402
 
 DATASET_CHOICES = ("pfpascal", "pfwillow", "spair", "demo")
 # flag dest -> EvalConfig key
-_FLAG_KEYS = ("dataset", "datapath", "split", "backbone", "weights", "hyperpixel", "alpha", "thres", "sim", "exp1",
-              "exp2", "eps", "sinkhorn_iters", "classmap", "max_pairs", "device", "seed", "output_dir", "vis_dir",
-              "hpf", "fast")
+_FLAG_KEYS = ("dataset", "datapath", "split", "backbone", "weights", "hyperpixel", "alpha", "thres", "sim",
+              "exp1", "exp2", "eps", "sinkhorn_iters", "classmap", "max_pairs", "device", "seed",
+              "output_dir", "vis_dir", "hpf", "fast")
 
 
 def parse_ids(text: str) -> list[int]:
@@ -62,17 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--datapath", default=d, help="folder holding PF-PASCAL/, PF-WILLOW/, SPair-71k/ "
                                                     "(default $DATASETS else ./Datasets_SCOT)")
     data.add_argument("--split", choices=("trn", "val", "test"), default=d, help="split (default test)")
-    data.add_argument("--max-pairs", dest="max_pairs", type=int, default=d, help="first N pairs in split order")
+    data.add_argument("--max-pairs", dest="max_pairs", type=int, default=d,
+                      help="first N pairs in split order")
     model = p.add_argument_group("model")
-    model.add_argument("--backbone", choices=("auto", "resnet18", "resnet34", "resnet50", "resnet101"), default=d,
-                       help="auto: the checkpoint's architecture, else resnet50")
+    model.add_argument("--backbone", choices=("auto", "resnet18", "resnet34", "resnet50", "resnet101"),
+                       default=d, help="auto: the checkpoint's architecture, else resnet50")
     model.add_argument("--weights", default=d, help="imagenet (torchvision IMAGENET1K_V1), random, or a "
                                                     "checkpoint path (MoCo / torchvision / ours)")
     model.add_argument("--hyperpixel", type=parse_ids, default=d, help="hyperpixel ids, e.g. 2,12,13,15")
     match = p.add_argument_group("matching and PCK")
     match.add_argument("--alpha", type=float, nargs="+", default=d, help="PCK alphas (default 0.05 0.1 0.15)")
     match.add_argument("--thres", choices=("auto", "img", "bbox"), default=d, help="PCK reference length")
-    match.add_argument("--sim", choices=("OTGeo", "OT", "cosGeo", "cos"), default=d, help="matching confidence")
+    match.add_argument("--sim", choices=("OTGeo", "OT", "cosGeo", "cos"), default=d,
+                       help="matching confidence")
     match.add_argument("--exp1", type=float, default=d, help="cosine power (cos, cosGeo)")
     match.add_argument("--exp2", type=float, default=d, help="OT plan power (0.5 PF, 1.0 SPair)")
     match.add_argument("--eps", type=float, default=d, help="entropic regularisation")
@@ -114,23 +116,26 @@ def per_pair_csv(rows: list[dict[str, Any]], alphas: Sequence[float]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["index", "src", "trg", "class", "n_kps", *keys])
     for r in rows:
-        writer.writerow([r["index"], r["src"], r["trg"], r["class"], r["n_kps"], *(f"{r[k]:.4f}" for k in keys)])
+        pck = (f"{r[k]:.4f}" for k in keys)
+        writer.writerow([r["index"], r["src"], r["trg"], r["class"], r["n_kps"], *pck])
     return buf.getvalue()
 
 
 def format_table(results: dict[str, Any]) -> str:
     """Plain-text summary: headline per alpha, per-keypoint PCK, per-class PCK at each alpha."""
     alphas = list(results["pck"])
-    lines = [f"{results['dataset']} {results['split']}: {results['n_pairs']} pairs, thres {results['thres']}, "
+    def row(label: str, values: dict[str, Any]) -> str:
+        cells = "".join(f"{values[a]:>10.2f}" if values.get(a) is not None else f"{'-':>10}" for a in alphas)
+        return f"{label[:22]:<22}{cells}"
+
+    lines = [f"{results['dataset']} {results['split']}: {results['n_pairs']} pairs, "
+             f"thres {results['thres']}, "
              f"{results['backbone']} ({results['weights'].get('weights')}), ids {results['hyperpixel']}",
-             f"{'':>18}" + "".join(f"{'PCK@' + a:>12}" for a in alphas),
-             f"{'per pair (headline)':>18}"[:18] + "".join(f"{results['pck'][a]:>12.2f}" for a in alphas),
-             f"{'per keypoint':>18}" + "".join(f"{results['pck_per_keypoint'][a]:>12.2f}" for a in alphas)]
-    for cls, vals in results.get("per_class", {}).items():
-        lines.append(f"{cls[:18]:>18}" + "".join(f"{vals[a]:>12.2f}" for a in alphas))
+             f"{'':<22}" + "".join(f"{'PCK@' + a:>10}" for a in alphas),
+             row("per pair (headline)", results["pck"]), row("per keypoint", results["pck_per_keypoint"])]
+    lines += [row(f"  {cls}", vals) for cls, vals in results.get("per_class", {}).items()]
     for factor, levels in results.get("per_difficulty", {}).items():
-        for level, vals in levels.items():
-            lines.append(f"{(factor[:12] + '=' + level)[:18]:>18}" + "".join(f"{vals[a]:>12.2f}" for a in alphas))
+        lines += [row(f"  {factor}={level}", vals) for level, vals in levels.items()]
     return "\n".join(lines)
 
 
@@ -146,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from data import build_dataset
     from models.backbone import HyperpixelBackbone, validate_ids
     from models.weights import load_resnet
-    from validation_and_test.evaluate import MatchSettings, Matcher, evaluate, resolve_thres
+    from validation_and_test.evaluate import Matcher, MatchSettings, evaluate, resolve_thres
 
     info = init_distributed(cfg.device)
     log = get_logger("eval", info)
@@ -156,8 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     thres = resolve_thres(dataset, cfg.thres)
     model, arch, weights_record = load_resnet(cfg.backbone, cfg.weights, cfg.seed)
     if arch != cfg.preset_backbone and not ids_given:
-        raise UserError(f"{preset} holds hyperpixel ids for {cfg.preset_backbone} but the weights are a {arch}: "
-                        f"give --hyperpixel explicitly or --backbone {cfg.preset_backbone}")
+        raise UserError(f"{preset} holds hyperpixel ids for {cfg.preset_backbone} but the weights are a "
+                        f"{arch}: give --hyperpixel explicitly or --backbone {cfg.preset_backbone}")
     backbone = HyperpixelBackbone(model, arch)
     ids = validate_ids(cfg.hyperpixel, backbone.n_ids)
     settings = MatchSettings(sim=cfg.sim, exp1=cfg.exp1, exp2=cfg.exp2, eps=cfg.eps,
@@ -218,8 +223,8 @@ def _visualiser(cfg: EvalConfig, rank: int, world_size: int):
         budget["left"] -= 1
         pred = prediction.pred.cpu() / prediction.trg_scale  # resized -> original target pixels
         path = pair_figure_path(cfg.vis_dir, int(sample["index"]), sample["src_name"], sample["trg_name"])
-        save_pair_figure(path, sample["src_img"], sample["trg_img"], sample["src_kps"], sample["trg_kps"], pred,
-                         prediction.correct[headline],
+        save_pair_figure(path, sample["src_img"], sample["trg_img"], sample["src_kps"], sample["trg_kps"],
+                         pred, prediction.correct[headline],
                          title=f"{sample.get('class_name', '')} pair {sample['index']}: "
                                f"PCK@{cfg.alpha[headline]:g} = "
                                f"{100 * float(prediction.correct[headline].float().mean()):.1f}")

@@ -1,0 +1,175 @@
+"""`validation_and_test/test.py`: real PF-WILLOW end to end, output files, one-line errors, torchrun."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from configs.runtime import run_cli
+from validation_and_test.test import main
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--weights", "random", "--backbone", "resnet18", "--hyperpixel", "2,3", "--device", "cpu"]
+
+
+def _cli(argv, capsys) -> tuple[int, str, str]:
+    logging.getLogger("eval").handlers.clear()  # rebind the CLI logger to this test's captured stderr
+    with pytest.raises(SystemExit) as done:
+        run_cli(main, argv)
+    out = capsys.readouterr()
+    return int(done.value.code), out.out, out.err
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_real_pfwillow_end_to_end(realdata_root, tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    vis_dir = tmp_path / "vis"
+    code, stdout, _ = _cli(["--datapath", str(realdata_root), "--dataset", "pfwillow", "--max-pairs", "3",
+                            *FAST, "--output-dir", str(out_dir), "--vis-dir", str(vis_dir)], capsys)
+    assert code == 0
+    results = json.loads((out_dir / "results.json").read_text())
+    for key in ("dataset", "split", "n_pairs", "thres", "pck", "pck_per_keypoint", "per_class", "config",
+                "weights", "device", "precision", "fast", "hyperpixel", "backbone"):
+        assert key in results, key
+    assert results["dataset"] == "pfwillow" and results["split"] == "test" and results["n_pairs"] == 3
+    assert results["thres"] == "bbox" and results["hyperpixel"] == [2, 3]
+    assert results["backbone"] == "resnet18"
+    assert results["weights"]["weights"] == "random" and results["precision"] == "float32"
+    assert set(results["pck"]) == {"0.05", "0.1", "0.15"}
+    rows = _read_csv(out_dir / "per_pair.csv")
+    assert list(rows[0]) == ["index", "src", "trg", "class", "n_kps", "pck_0.05", "pck_0.1", "pck_0.15"]
+    assert [r["index"] for r in rows] == ["0", "1", "2"] and all(r["n_kps"] == "10" for r in rows)
+    assert rows[0]["src"].startswith("car(G)/") and rows[0]["class"] == "car(G)"
+    for alpha in ("0.05", "0.1", "0.15"):  # headline = mean of per-pair PCK
+        mean = sum(float(r[f"pck_{alpha}"]) for r in rows) / 3
+        assert results["pck"][alpha] == pytest.approx(mean, abs=1e-3)
+        assert 0.0 <= results["pck"][alpha] <= 100.0
+    assert len(list(vis_dir.glob("*.png"))) == 3
+    assert "PCK@0.1" in stdout and "car(G)" in stdout
+
+
+def _willow_copy(realdata_root: Path, tmp_path: Path, n_rows: int = 3) -> Path:
+    """A small PF-WILLOW (one sub-class, first rows of the pair list) that tests may break."""
+    src = realdata_root / "PF-WILLOW"
+    dst = tmp_path / "root" / "PF-WILLOW"
+    shutil.copytree(src / "car(G)", dst / "car(G)")
+    lines = (src / "test_pairs.csv").read_text().splitlines()
+    (dst / "test_pairs.csv").write_text("\n".join(lines[: n_rows + 1]) + "\n")
+    return dst.parent
+
+
+def _first_image(root: Path) -> Path:
+    row = (root / "PF-WILLOW" / "test_pairs.csv").read_text().splitlines()[1].split(",")
+    return root / "PF-WILLOW" / "/".join(row[0].split("/")[1:])
+
+
+@pytest.mark.parametrize("breakage", ["no_root", "no_folder", "missing_image", "corrupt_image", "bad_number",
+                                      "bad_columns"])
+def test_data_errors_are_one_line(realdata_root, tmp_path, capsys, breakage):
+    root = _willow_copy(realdata_root, tmp_path)
+    csv_path = root / "PF-WILLOW" / "test_pairs.csv"
+    lines = csv_path.read_text().splitlines()
+    if breakage == "no_root":
+        root = tmp_path / "nowhere"
+    elif breakage == "no_folder":
+        shutil.rmtree(root / "PF-WILLOW")
+    elif breakage == "missing_image":
+        _first_image(root).unlink()
+    elif breakage == "corrupt_image":
+        _first_image(root).write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    elif breakage == "bad_number":
+        cells = lines[1].split(",")
+        cells[5] = "abc"
+        csv_path.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
+    elif breakage == "bad_columns":
+        csv_path.write_text("\n".join([lines[0], ",".join(lines[1].split(",")[:-3])]) + "\n")
+    code, _, err = _cli(["--datapath", str(root), "--dataset", "pfwillow", *FAST,
+                         "--output-dir", str(tmp_path / "out")], capsys)
+    assert code == 2
+    errors = [line for line in err.strip().splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and err.strip().splitlines()[-1].startswith("error: "), err
+    assert "Traceback" not in err
+
+
+def test_setting_errors_are_one_line(realdata_root, tmp_path, capsys):
+    base = ["--datapath", str(realdata_root), "--dataset", "pfwillow", "--device", "cpu", "--max-pairs", "1",
+            "--output-dir", str(tmp_path / "out")]
+    mlp = tmp_path / "mlp.pth"
+    net = torchvision.models.resnet18(weights=None)
+    net.fc = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 128))
+    torch.save({"arch": "resnet18", "state_dict": {f"module.encoder_q.{k}": v for k, v in
+                                                   net.state_dict().items()}}, mlp)
+    cases = [
+        (["--weights", "random", "--backbone", "resnet18"], "--hyperpixel"),  # ResNet-50 preset, ResNet-18
+        (["--weights", "random", "--backbone", "resnet18", "--hyperpixel", "2,2"], "duplicate"),
+        (["--weights", "random", "--backbone", "resnet18", "--hyperpixel", "2,12"], "out of range"),
+        (["--weights", str(mlp), "--hyperpixel", "2,3"], "--classmap 0"),
+        (["--weights", str(tmp_path / "none.pth")], "not found"),
+        (["--weights", "random", "--split", "val"], "split"),
+        (["--weights", "random", "--config", str(tmp_path / "missing.yaml")], "missing.yaml"),
+    ]
+    for extra, needle in cases:
+        code, _, err = _cli(base + extra, capsys)
+        last = err.strip().splitlines()[-1]
+        assert code == 2 and last.startswith("error: ") and needle in last, (extra, err)
+        assert "Traceback" not in err
+
+
+def test_preset_for_another_backbone_is_fine_with_explicit_ids(realdata_root, tmp_path, capsys):
+    code, _, _ = _cli(["--datapath", str(realdata_root), "--dataset", "pfwillow", "--max-pairs", "1", *FAST,
+                       "--classmap", "0", "--sim", "cosGeo", "--output-dir", str(tmp_path / "o")], capsys)
+    assert code == 0
+    results = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert results["matching"]["sim"] == "cosGeo" and results["matching"]["classmap"] == 0
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_single_process(realdata_root, tmp_path, capsys):
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text(f"_base_: {REPO / 'configs' / 'eval' / 'pfwillow.yaml'}\nlong_side: 160\nnum_workers: 0\n")
+    common = ["--config", str(cfg), "--datapath", str(realdata_root), "--max-pairs", "5", *FAST]
+    code, _, _ = _cli(common + ["--output-dir", str(tmp_path / "single")], capsys)
+    assert code == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    script = ["validation_and_test/test.py", *common, "--output-dir", str(tmp_path / "multi")]
+    proc = subprocess.run([*launcher, *script],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    single = json.loads((tmp_path / "single" / "results.json").read_text())
+    multi = json.loads((tmp_path / "multi" / "results.json").read_text())
+    assert multi["world_size"] == 2 and multi["n_pairs"] == single["n_pairs"] == 5
+    assert multi["pck"] == single["pck"] and multi["per_class"] == single["per_class"]
+    csv_multi, csv_single = (tmp_path / d / "per_pair.csv" for d in ("multi", "single"))
+    assert csv_multi.read_text() == csv_single.read_text()
+
+
+def test_real_spair_breakdown(realdata_root, tmp_path, capsys):
+    """12 real SPair-71k test pairs ship with the dev data: one pair end to end, with the difficulty table."""
+    if not (realdata_root / "SPair-71k" / "PairAnnotation" / "test").is_dir():
+        pytest.skip("SPair-71k real data not available")
+    out_dir = tmp_path / "spair"
+    code, stdout, _ = _cli(["--datapath", str(realdata_root), "--dataset", "spair", "--max-pairs", "1", *FAST,
+                            "--classmap", "0", "--output-dir", str(out_dir)], capsys)
+    assert code == 0
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["thres"] == "bbox" and results["matching"]["exp2"] == 1.0  # SPair preset
+    assert set(results["per_difficulty"]) == {"viewpoint_variation", "scale_variation", "truncation",
+                                              "occlusion"}
+    assert results["per_class"].keys() == {"aeroplane"}
+    assert "viewpoint_variation" in stdout
