@@ -13,6 +13,7 @@ plan products diag(a) K diag(b) and its dense (Ns x n_bins) Hough buffer. `--end
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import tempfile
@@ -223,7 +224,7 @@ def main(argv=None) -> int:
             ds = _FilePairs(Path(tmp), args.end_to_end)
             e2e = Matcher(HyperpixelBackbone(model, arch), MatchSettings(), device)
             start = time.perf_counter()
-            result = evaluate(e2e, ds, ids, num_workers=4)
+            result = evaluate(e2e, ds, ids, num_workers=min(4, os.cpu_count() or 1))
             total = time.perf_counter() - start
         print(f"end to end: {args.end_to_end} PF-PASCAL-sized JPEG pairs in {total:.2f} s "
               f"({1000 * total / args.end_to_end:.0f} ms/pair), PCK@0.1 {result.summary['pck']['0.1']:.1f}")

@@ -7,6 +7,8 @@ and test.py, so the found set's score is checked against an independent test.py 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import json
 import math
@@ -217,11 +219,15 @@ def pck_search(tmp_path_factory, tiny_config):
     from validation_and_test.beamsearch import main
 
     out = tmp_path_factory.mktemp("search_pck")
-    assert main([*COMMON, "--config", tiny_config, "--output-dir", str(out), "--progress"]) == 0
-    return json.loads((out / "search.json").read_text())
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main([*COMMON, "--config", tiny_config, "--output-dir", str(out), "--progress"]) == 0
+    doc = json.loads((out / "search.json").read_text())
+    doc["_printed"] = printed.getvalue()
+    return doc
 
 
-def test_pck_search_json_and_table(pck_search, capsys):
+def test_pck_search_json_and_table(pck_search):
     doc = pck_search
     assert doc["complete"] and doc["score"] == "pck" and doc["split"] == "val" and not doc["test_tuned"]
     assert doc["weights"] == {"weights": "random", "seed": 0, "arch": "resnet18"}
@@ -234,32 +240,30 @@ def test_pck_search_json_and_table(pck_search, capsys):
     assert doc["best"]["score"] == best["score"]
     assert doc["cache"]["misses"] == 4  # 2 pairs = 4 images, each through the backbone once
     assert doc["sample_cache"]["misses"] == 2  # each pair decoded once
-    out = capsys.readouterr().out
-    assert "depth 2:" in out and f"{doc['best']['score']:.4f}" in out
+    table = doc["_printed"]
+    assert "depth 1: 2 candidate(s)" in table and "depth 2:" in table
+    assert f"{doc['best']['score']:.4f}" in table and "test.py" in table
 
 
 def test_pck_score_equals_an_independent_test_py_run(pck_search, tmp_path):
-    from validation_and_test.test import main as test_main
+    from validation_and_test.test import main as run_test_py
 
     argv = shlex.split(pck_search["test_command"])[2:]
-    assert main_returns_zero(test_main, [*argv, "--output-dir", str(tmp_path)])
+    assert run_test_py([*argv, "--output-dir", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["n_pairs"] == 2 and results["split"] == "val"
     assert results["pck"]["0.1"] == pck_search["best"]["score"]
-
-
-def main_returns_zero(fn, argv) -> bool:
-    return fn(argv) == 0
 
 
 def test_cycle_search_runs_and_rescores_independently(tmp_path, tiny_config, backbone18, demo_val):
     from validation_and_test.beamsearch import main
 
     argv = [*COMMON[:-2], "--candidates", "2-4", "--config", tiny_config, "--output-dir", str(tmp_path),
-            "--score", "cycle", "--crop-seed", "3"]
+            "--score", "cycle", "--crop-seed", "3", "--duplicate", "break"]
     assert main(argv) == 0
     doc = json.loads((tmp_path / "search.json").read_text())
     assert doc["score"] == "cycle" and doc["cycle"]["seed"] == 3 and len(doc["cycle"]["crops"]) == 2
+    assert doc["search"]["on_duplicate"] == "break" and doc["search"]["candidates"] == [2, 3, 4]
     assert all(c["score"] < 0 for c in doc["scored"])
     fresh = CycleScore(backbone18, demo_val, [1, 0], CycleScoreSettings(seed=3, long_side=LONG_SIDE))
     assert fresh(tuple(doc["best"]["ids"])) == pytest.approx(doc["best"]["score"], rel=1e-6, abs=1e-6)
@@ -277,3 +281,17 @@ def test_cli_errors_are_one_line(capsys, tiny_config):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "out of range" in err and "\n" not in err
+
+
+def test_pfwillow_searches_test_and_says_so(realdata_root, tmp_path):
+    from validation_and_test.beamsearch import main
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["--dataset", "pfwillow", "--datapath", str(realdata_root), "--weights", "random",
+                     "--backbone", "resnet18", "--max-pairs", "1", "--score", "cycle", "--bases", "3",
+                     "--depth", "1", "--output-dir", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "search.json").read_text())
+    assert doc["split"] == "test" and doc["split_fallback"] and doc["test_tuned"]
+    assert "TEST-TUNED" in printed.getvalue() and "no val split" in printed.getvalue()
+    assert [c["ids"] for c in doc["scored"]] == [[3]] and math.isfinite(doc["best"]["score"])

@@ -132,10 +132,12 @@ def test_setting_errors_are_one_line(realdata_root, tmp_path, capsys):
 
 def test_preset_for_another_backbone_is_fine_with_explicit_ids(realdata_root, tmp_path, capsys):
     code, _, _ = _cli(["--datapath", str(realdata_root), "--dataset", "pfwillow", "--max-pairs", "1", *FAST,
-                       "--classmap", "0", "--sim", "cosGeo", "--output-dir", str(tmp_path / "o")], capsys)
+                       "--classmap", "0", "--sim", "cosGeo", "--fast", "--output-dir", str(tmp_path / "o")],
+                      capsys)
     assert code == 0
     results = json.loads((tmp_path / "o" / "results.json").read_text())
     assert results["matching"]["sim"] == "cosGeo" and results["matching"]["classmap"] == 0
+    assert results["fast"] is True and results["precision"] == "float32"  # TF32 only exists on CUDA
 
 
 @pytest.mark.slow

@@ -299,7 +299,7 @@ MATCH_FLAGS = (("thres", "--thres"), ("sim", "--sim"), ("exp1", "--exp1"), ("exp
                ("eps", "--eps"), ("sinkhorn_iters", "--sinkhorn-iters"), ("classmap", "--classmap"))
 
 
-def test_command(cfg: EvalConfig, ids: Sequence[int], n_pairs: int, alpha: float, arch: str,
+def reproduce_command(cfg: EvalConfig, ids: Sequence[int], n_pairs: int, alpha: float, arch: str,
                  config_path: Optional[str]) -> str:
     """The `test.py` command whose headline PCK@alpha equals the search's PCK score of `ids`."""
     argv = ["python", "validation_and_test/test.py", "--dataset", cfg.dataset, "--split", cfg.split,
@@ -408,7 +408,7 @@ def run_layer_search(cfg: EvalConfig, beam: BeamSettings, score: Literal["pck", 
         if score == "pck":
             doc["sample_cache"] = scorer.dataset.samples.stats()
         if best is not None and score == "pck":
-            doc["test_command"] = test_command(cfg, best.ids, len(indices), alpha, arch, config_path)
+            doc["test_command"] = reproduce_command(cfg, best.ids, len(indices), alpha, arch, config_path)
         if result is not None:
             doc["skipped_duplicates"] = result.skipped_duplicates
             doc["stopped_by_break"] = result.stopped_by_break
