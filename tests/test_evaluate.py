@@ -201,6 +201,7 @@ def test_shards_cover_every_pair_once():
     from validation_and_test.evaluate import shard_indices
 
     for n, max_pairs, world in [(10, None, 3), (7, 5, 2), (2, None, 4)]:
-        shards = [shard_indices(n, max_pairs, DistInfo(r, world, r, torch.device("cpu"))) for r in range(world)]
+        infos = [DistInfo(r, world, r, torch.device("cpu")) for r in range(world)]
+        shards = [shard_indices(n, max_pairs, info) for info in infos]
         assert sum(shards, []) == list(range(min(n, max_pairs or n)))
     assert shard_indices(5, None, None) == [0, 1, 2, 3, 4]
