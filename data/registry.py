@@ -108,7 +108,7 @@ class PairDataset(torch.utils.data.Dataset):
 
     def _check_folders(self) -> None:
         if not self.root.is_dir():
-            raise UserError(f"dataset root {self.root} does not exist (set --root or $DATASETS, "
+            raise UserError(f"dataset root {self.root} does not exist (pass --datapath or set $DATASETS, "
                             f"or download with: {self.download_hint()})")
         for path in self.required_paths():
             if not path.exists():

@@ -38,7 +38,7 @@ def _block_main_path(block: nn.Module) -> list[nn.Module]:
     raise TypeError(f"unsupported residual block {type(block).__name__}")
 
 
-def _block_pre_relu(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def block_pre_relu(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A torchvision residual block's output after the addition, before its final ReLU."""
     identity = x if block.downsample is None else block.downsample(x)
     if isinstance(block, Bottleneck):
@@ -129,7 +129,7 @@ class HyperpixelBackbone(nn.Module):
         for idx, block in enumerate(self.blocks, start=1):
             if idx > last and not full:
                 break
-            pre = _block_pre_relu(block, h)
+            pre = block_pre_relu(block, h)
             if idx in want:
                 maps[idx] = pre
             h = F.relu(pre)

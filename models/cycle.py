@@ -34,6 +34,7 @@ import torchvision
 from torch import nn
 
 from configs.runtime import UserError
+from models.backbone import block_pre_relu
 
 STAGE_STRIDE = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
 VALID_EPS = 1e-4  # a warped pixel is in-image iff its bilinear validity >= 1 - VALID_EPS
@@ -146,18 +147,6 @@ def frozen_bn_stats(net: nn.Module, enabled: bool = True) -> Iterator[None]:
                 m.num_batches_tracked.copy_(count)
 
 
-def _block_pre_relu(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A torchvision BasicBlock/Bottleneck without its final ReLU."""
-    identity = x if block.downsample is None else block.downsample(x)
-    out = block.relu(block.bn1(block.conv1(x)))
-    if isinstance(block, torchvision.models.resnet.Bottleneck):
-        out = block.relu(block.bn2(block.conv2(out)))
-        out = block.bn3(block.conv3(out))
-    else:
-        out = block.bn2(block.conv2(out))
-    return out + identity
-
-
 def resnet_features(net: torchvision.models.ResNet, x: torch.Tensor, stage: str = "layer3", block: int = -1,
                     relu: bool = True) -> torch.Tensor:
     """Output of block `block` of ResNet stage `stage` (post- or pre-ReLU): (B, C, H/stride, W/stride)."""
@@ -173,7 +162,7 @@ def resnet_features(net: torchvision.models.ResNet, x: torch.Tensor, stage: str 
             raise UserError(f"cycle.feature_block={block} is out of range for {stage} ({n} blocks)")
         for i in range(last):
             x = layer[i](x)
-        return layer[last](x) if relu else _block_pre_relu(layer[last], x)
+        return layer[last](x) if relu else block_pre_relu(layer[last], x)
     raise UserError(f"unknown ResNet stage {stage!r}; choose one of {', '.join(STAGE_STRIDE)}")
 
 

@@ -65,13 +65,12 @@ def queue_generator(seed: int) -> torch.Generator:
 
 
 def _all_finite(out: dict[str, Any], info: DistInfo) -> bool:
-    """Every rank learns whether any rank saw a non-finite loss term (so all stop together)."""
-    bad = any(k in out and not torch.isfinite(out[k].detach()).all() for k in LOSS_KEYS)
-    if not info.distributed:
-        return not bad
-    flag = torch.tensor([1.0 if bad else 0.0], device=info.device)
-    dist.all_reduce(flag)
-    return flag.item() == 0
+    """Every rank learns whether any rank saw a non-finite loss term (so all stop together); one sync."""
+    terms = torch.stack([out[k].detach().float() for k in LOSS_KEYS if k in out])
+    bad = (~torch.isfinite(terms)).any().float().reshape(1)
+    if info.distributed:
+        dist.all_reduce(bad)
+    return bad.item() == 0
 
 
 def _mean_across_ranks(values: dict[str, float], info: DistInfo) -> dict[str, float]:
@@ -81,6 +80,14 @@ def _mean_across_ranks(values: dict[str, float], info: DistInfo) -> dict[str, fl
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=info.device)
     dist.all_reduce(t)
     return {k: float(v) / info.world_size for k, v in zip(keys, t.tolist())}
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain config dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for key in sorted(set(old) | set(new))
+                for k in _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".")]
 
 
 def _sync(device: torch.device) -> None:
@@ -143,6 +150,12 @@ def train(cfg: TrainConfig, output_dir: str | Path | None = None, resume: str | 
         model.to(info.device)
         log.info("resumed from %s at step %d", resume_path, step)
     config_dict = config_to_dict(cfg)
+    if resume_path is not None:
+        changed = _changed_keys(ckpt.get("config", {}), config_dict)
+        if changed:
+            log.warning("resuming with a config that differs from the checkpoint in: %s", ", ".join(changed))
+    init_record = ({"resumed_from": str(resume_path)} if resume_path is not None else
+                   init_report.as_dict() if init_report is not None else {"kind": "random", "seed": cfg.seed})
     run_info = {"name": name, "transductive": cfg.pixel_data.transductive,
                 "pixel_data": f"{cfg.pixel_data.dataset}/{cfg.pixel_data.split}",
                 "world_size": info.world_size, "per_rank_batch": cfg.batch_size,
@@ -151,7 +164,7 @@ def train(cfg: TrainConfig, output_dir: str | Path | None = None, resume: str | 
                 "total_steps": total_steps,
                 "num_images": data.num_images, "num_pairs": data.num_pairs, "pair_overlap": data.pair_overlap,
                 "device": str(info.device), "amp": cfg.amp,
-                "init": init_report.as_dict() if init_report else {"resumed_from": str(resume_path)}}
+                "init": init_record}
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_run_metadata(out_dir, config_dict)
@@ -173,7 +186,7 @@ def train(cfg: TrainConfig, output_dir: str | Path | None = None, resume: str | 
 
     # ------------------------------------------------------------------------------------------ loop
     model.train()
-    window: dict[str, float] = {}
+    window: dict[str, Any] = {}
     n_window = 0
     last_record: dict[str, Any] = {}
     last_path = None
@@ -216,9 +229,9 @@ def train(cfg: TrainConfig, output_dir: str | Path | None = None, resume: str | 
                 compute_time = time.perf_counter() - t_compute
                 step += 1
 
-                for k, v in out.items():
+                for k, v in out.items():  # summed on the device; read back at log steps only
                     if torch.is_tensor(v) and v.dim() == 0:
-                        window[k] = window.get(k, 0.0) + float(v.detach())
+                        window[k] = window.get(k, 0.0) + v.detach().float()
                 window["data_time"] = window.get("data_time", 0.0) + data_time
                 window["compute_time"] = window.get("compute_time", 0.0) + compute_time
                 n_window += 1
@@ -227,7 +240,7 @@ def train(cfg: TrainConfig, output_dir: str | Path | None = None, resume: str | 
 
                     save_cycle_figure(out["vis"], out_dir / "vis" / f"step_{step:07d}.png")
                 if step % cfg.log.interval == 0 or step == last_step:
-                    means = _mean_across_ranks({k: v / n_window for k, v in window.items()}, info)
+                    means = _mean_across_ranks({k: float(v) / n_window for k, v in window.items()}, info)
                     per_step = means["data_time"] + means["compute_time"]
                     last_record = {"step": step, "epoch": epoch, "lr": lr, **means,
                                    "images_per_s": cfg.batch_size * info.world_size / max(per_step, 1e-9),

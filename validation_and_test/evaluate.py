@@ -48,6 +48,12 @@ class MatchSettings:
     hpf: bool = False  # downscale-only resize, margin pruning, RHM on max(0, cos)^3
     long_side: int = 300
 
+    @classmethod
+    def from_config(cls, cfg: Any) -> MatchSettings:
+        """The settings of an `EvalConfig` (test.py and the layer search build them only here)."""
+        return cls(sim=cfg.sim, exp1=cfg.exp1, exp2=cfg.exp2, eps=cfg.eps, sinkhorn_iters=cfg.sinkhorn_iters,
+                   solver=cfg.solver, classmap=cfg.classmap, hpf=cfg.hpf, long_side=cfg.long_side)
+
     @property
     def resize_rule(self) -> str:
         return "hpf" if self.hpf else "scot"

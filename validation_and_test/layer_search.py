@@ -220,9 +220,7 @@ def match_settings_from_config(cfg: EvalConfig) -> Any:
     """`MatchSettings` exactly as `test.py` builds it from an `EvalConfig`."""
     from validation_and_test.evaluate import MatchSettings
 
-    return MatchSettings(sim=cfg.sim, exp1=cfg.exp1, exp2=cfg.exp2, eps=cfg.eps,
-                         sinkhorn_iters=cfg.sinkhorn_iters, solver=cfg.solver, classmap=cfg.classmap,
-                         hpf=cfg.hpf, long_side=cfg.long_side)
+    return MatchSettings.from_config(cfg)
 
 
 # ------------------------------------------------------------------------------------------- PCK score

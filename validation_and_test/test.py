@@ -165,9 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"{arch}: give --hyperpixel explicitly or --backbone {cfg.preset_backbone}")
     backbone = HyperpixelBackbone(model, arch)
     ids = validate_ids(cfg.hyperpixel, backbone.n_ids)
-    settings = MatchSettings(sim=cfg.sim, exp1=cfg.exp1, exp2=cfg.exp2, eps=cfg.eps,
-                             sinkhorn_iters=cfg.sinkhorn_iters, solver=cfg.solver, classmap=cfg.classmap,
-                             hpf=cfg.hpf, long_side=cfg.long_side)
+    settings = MatchSettings.from_config(cfg)
     matcher = Matcher(backbone, settings, info.device, cache_mb=cfg.cache_mb)
     log.info("%s %s: %d pairs, %s %s, ids %s, device %s (%s), %d process(es)", cfg.dataset, cfg.split,
              len(dataset) if cfg.max_pairs is None else min(len(dataset), cfg.max_pairs), arch,

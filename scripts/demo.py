@@ -1,0 +1,151 @@
+"""The offline demo (`make demo`): evaluate an untrained ResNet-18, train it with both losses, evaluate again.
+
+    python scripts/demo.py [--output-dir runs/demo] [--device auto] [--seed 0] [key.sub=value ...]
+
+No data and no network needed: the demo benchmark is generated from photographs bundled with scikit-image
+(`data.demo`). Steps: (1) generate the demo data; (2) write the initial weights (seeded ResNet-18, 128-d head);
+(3) evaluate them on the held-out demo test pairs; (4) train from them with `configs/demo.yaml` (MoCo on the
+demo image folder + pixel-level cycle on demo trn pairs); (5) evaluate the trained encoder; (6) print a
+before/after PCK table and write `results.json` and figures to `<output-dir>/figs/`. Trailing
+`key.sub=value` pairs override the training config. Re-running resumes training where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+
+from configs import CONFIG_DIR  # noqa: E402
+from configs.runtime import atomic_torch_save, atomic_write_json, run_cli  # noqa: E402
+
+TRAIN_PRESET = CONFIG_DIR / "demo.yaml"
+EVAL_PRESET = CONFIG_DIR / "eval" / "demo.yaml"
+ALPHAS = ("0.05", "0.1", "0.15")
+
+
+def write_initial_weights(path: Path, arch: str, seed: int) -> Path:
+    """Seeded torchvision ResNet with a 128-d linear head, saved as a plain state dict (loaded by both CLIs)."""
+    if not path.is_file():
+        torch.manual_seed(seed)
+        net = getattr(torchvision.models, arch)(weights=None, num_classes=128)
+        atomic_torch_save(net.state_dict(), path)
+    return path
+
+
+def evaluate(weights: Path, out_dir: Path, device: str, max_pairs: int | None) -> dict[str, Any]:
+    """`validation_and_test/test.py` with the demo preset; returns its results.json."""
+    from validation_and_test.test import main as test_main
+
+    argv = ["--config", str(EVAL_PRESET), "--weights", str(weights), "--device", device,
+            "--output-dir", str(out_dir), "--vis-dir", str(out_dir / "vis")]
+    if max_pairs is not None:
+        argv += ["--max-pairs", str(max_pairs)]
+    test_main(argv)
+    return json.loads((out_dir / "results.json").read_text())
+
+
+def plot_training_curves(metrics_path: Path, out_png: Path) -> None:
+    """Loss terms, MoCo top-1 and LR against the step, from metrics.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "step" in r and "loss" in r]
+    panels = [("loss_moco", "MoCo InfoNCE"), ("loss_cycle", "cycle MSE (px²)"), ("moco_top1", "MoCo top-1 (%)"),
+              ("lr", "learning rate")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (key, title) in zip(axes, panels):
+        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+        if pts:
+            ax.plot(*zip(*pts), lw=1.5)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def copy_figures(out: Path, figs: Path, n_examples: int = 3) -> list[str]:
+    """Keypoint-transfer examples before/after and the newest pixel-level figure into `figs/`."""
+    written = []
+    for tag in ("before", "after"):
+        for png in sorted((out / f"eval_{tag}" / "vis").glob("*.png"))[:n_examples]:
+            dst = figs / f"transfer_{tag}_{png.name}"
+            shutil.copyfile(png, dst)
+            written.append(dst.name)
+    vis = sorted((out / "train" / "vis").glob("*.png"))
+    if vis:
+        shutil.copyfile(vis[-1], figs / "pixel_level.png")
+        written.append("pixel_level.png")
+    return written
+
+
+def format_table(before: dict[str, Any], after: dict[str, Any]) -> str:
+    lines = [f"{'demo test PCK (%)':<20}" + "".join(f"{'a=' + a:>10}" for a in ALPHAS)]
+    for name, res in (("untrained", before), ("trained", after)):
+        lines.append(f"{name:<20}" + "".join(f"{res['pck'][a]:>10.2f}" for a in ALPHAS))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--output-dir", default="runs/demo")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of training")
+    parser.add_argument("--max-pairs", type=int, default=None, help="evaluate only the first N test pairs")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="training config overrides")
+    args = parser.parse_args(argv)
+
+    from data.demo import ensure_demo_data
+    from training.config import load_train_config
+    from training.trainer import train
+
+    out = Path(args.output_dir)
+    figs = out / "figs"
+    figs.mkdir(parents=True, exist_ok=True)
+    print(f"[1/5] demo data: {ensure_demo_data()}")
+
+    init = write_initial_weights(out / "init_weights.pth", "resnet18", args.seed)
+    cfg = load_train_config(TRAIN_PRESET, [f"seed={args.seed}", "init.kind=checkpoint",
+                                           f"init.checkpoint={init}", *args.overrides])
+    if cfg.moco.arch != "resnet18":
+        raise SystemExit("the demo evaluates a ResNet-18; do not override moco.arch")
+    print("[2/5] evaluating the untrained network")
+    before = evaluate(init, out / "eval_before", args.device, args.max_pairs)
+
+    print("[3/5] training (MoCo + pixel-level cycle) with configs/demo.yaml")
+    summary = train(cfg, out / "train", resume="auto", device=args.device, preset=str(TRAIN_PRESET))
+
+    print("[4/5] evaluating the trained network")
+    after = evaluate(Path(summary["checkpoint"]), out / "eval_after", args.device, args.max_pairs)
+
+    print("[5/5] figures")
+    plot_training_curves(out / "train" / "metrics.jsonl", figs / "training_curves.png")
+    written = ["training_curves.png", *copy_figures(out, figs)]
+    atomic_write_json(out / "results.json", {
+        "dataset": "demo", "split": before["split"], "n_pairs": before["n_pairs"], "thres": before["thres"],
+        "pck_before": before["pck"], "pck_after": after["pck"], "train_steps": summary["step"],
+        "checkpoint": str(summary["checkpoint"]), "figures": written,
+    })
+    print()
+    print(format_table(before, after))
+    print(f"\nwritten: {out}/results.json, {out}/train/ (metrics, checkpoints), {figs}/ ({len(written)} PNGs)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
