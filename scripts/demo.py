@@ -16,7 +16,7 @@ import argparse
 import json
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 import torchvision  # noqa: E402
+from torch import nn  # noqa: E402
 
 from configs import CONFIG_DIR  # noqa: E402
 from configs.runtime import atomic_torch_save, atomic_write_json, run_cli  # noqa: E402
@@ -38,6 +39,62 @@ def write_initial_weights(path: Path, arch: str, seed: int) -> Path:
     if not path.is_file():
         torch.manual_seed(seed)
         net = getattr(torchvision.models, arch)(weights=None, num_classes=128)
+        atomic_torch_save(net.state_dict(), path)
+    return path
+
+
+def batchnorm_layers(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(net: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Re-estimate every BatchNorm's running statistics from `batches` ((B, 3, H, W) each), no gradients.
+
+    The statistics are reset, then `net` runs in train mode with momentum None (cumulative average), so each
+    running mean (variance) becomes the mean over the batches of the per-batch channel mean (unbiased
+    variance), each layer seeing inputs normalised with batch statistics (as `torch.optim.swa_utils.update_bn`).
+    Weights are unchanged; `net`'s train/eval flag and the momenta are restored. Returns the number of batches.
+    """
+    bns = batchnorm_layers(net)
+    momenta = [m.momentum for m in bns]
+    was_training = net.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    net.train()
+    n = 0
+    try:
+        for x in batches:
+            net(x)
+            n += 1
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        net.train(was_training)
+    if n == 0:
+        raise ValueError("recalibrate_batchnorm needs at least one batch")
+    return n
+
+
+def demo_trn_images(device: torch.device | str = "cpu", long_side: int = 300) -> Iterator[torch.Tensor]:
+    """Every source and target image of the demo trn pairs, prepared as for evaluation: (1, 3, h, w) each."""
+    from data import build_dataset
+    from validation_and_test.preprocess import prepare_image
+
+    dataset = build_dataset("demo", None, "trn")
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        for key in ("src_img", "trg_img"):
+            yield prepare_image(sample[key], "scot", long_side, device)[0]
+
+
+def write_bn_recalibrated_weights(init: Path, path: Path, arch: str, long_side: int) -> Path:
+    """The initial weights with BN statistics re-estimated on the demo trn images (the BN-only control)."""
+    if not path.is_file():
+        net = getattr(torchvision.models, arch)(weights=None, num_classes=128)
+        net.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
+        recalibrate_batchnorm(net, demo_trn_images("cpu", long_side))
         atomic_torch_save(net.state_dict(), path)
     return path
 

@@ -128,17 +128,19 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, image_root, moco_
 
 
 @pytest.mark.slow
-def test_two_process_gloo_ddp_run(tmp_path, image_root):
+@pytest.mark.parametrize("branches", [[], ["moco.loss_weight=0"]], ids=["both", "cycle_only"])
+def test_two_process_gloo_ddp_run(tmp_path, image_root, branches):
+    # cycle_only: layer4 and fc get no gradient, which DDP tolerates only with find_unused_parameters
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "training/train.py", "--config", "configs/demo.yaml", "--device", "cpu", "--output-dir", str(out),
-           *tiny_overrides(image_root, None, queue=24)]
+           *tiny_overrides(image_root, None, queue=24), *branches]
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = torch.load(out / "checkpoints" / "last.pth", weights_only=True)
     # 16 images / 2 ranks / batch 4 = 2 steps per epoch, 2 epochs; the queue holds keys of both ranks
     assert ckpt["step"] == 4
-    assert int(ckpt["state_dict"]["module.queue_ptr"]) == (4 * 8) % 24
+    assert int(ckpt["state_dict"]["module.queue_ptr"]) == (0 if branches else (4 * 8) % 24)
     run = json.loads((out / "run.json").read_text())
     assert run["world_size"] == 2 and run["global_batch"] == 8
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4]

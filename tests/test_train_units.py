@@ -268,6 +268,25 @@ def test_metrics_jsonl_has_documented_fields(tmp_path, monkeypatch):
         assert r["loss"] == pytest.approx(r["loss_moco"] + 5e-4 * r["loss_cycle"], rel=1e-5)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["transductive"] is False and run["steps_per_epoch"] == 2
+    assert run["precision"] == "float32"  # set_faithful_numerics was applied (TF32 off on CUDA)
+
+
+@pytest.mark.parametrize("weights", [(1.0, 5e-4), (0.0, 5e-4), (1.0, 0.0)], ids=["both", "cycle", "moco"])
+def test_ddp_find_unused_parameters_whenever_a_parameter_gets_no_gradient(weights):
+    from training.trainer import ddp_find_unused_parameters
+
+    mw, cw = weights
+    cfg = load_train_config(None, ["moco.arch=resnet18", f"moco.loss_weight={mw}", f"cycle.loss_weight={cw}"])
+    torch.manual_seed(0)
+    model = ContrastiveCorrespondence(MoCoConfig(arch="resnet18", queue_size=8, loss_weight=mw),
+                                      CycleConfig(patch_size=32, loss_weight=cw), torch.Generator())
+    g = torch.Generator().manual_seed(0)
+    im = [torch.randn(2, 3, 32, 32, generator=g) for _ in range(2)]
+    pair = [torch.randn(2, 3, 64, 64, generator=g) for _ in range(2)]
+    model(*im, *pair, torch.Generator().manual_seed(1))["loss"].backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert bool(unused) == (mw == 0)  # the cycle branch alone leaves layer4 and fc without gradient
+    assert ddp_find_unused_parameters(cfg) or not unused  # DDP would fail on the second step otherwise
 
 
 def test_non_finite_loss_stops_with_step_and_terms(tmp_path, monkeypatch):

@@ -96,6 +96,7 @@ class TrainConfig:
     num_workers: int = 2                 # loader workers per rank
     amp: Literal["off", "bf16", "fp16"] = "off"   # autocast on CUDA (bf16 also on CPU)
     channels_last: bool = False          # CUDA memory format
+    fast: bool = False                   # allow TF32 on CUDA (default: full float32, recorded in run.json)
     moco: MoCoConfig = field(default_factory=MoCoConfig)
     cycle: CycleConfig = field(default_factory=CycleConfig)
     image_data: ImageDataConfig = field(default_factory=ImageDataConfig)

@@ -27,6 +27,7 @@ from configs.runtime import (
     get_logger,
     init_distributed,
     seed_everything,
+    set_faithful_numerics,
     write_run_metadata,
 )
 from configs.schema import config_to_dict
@@ -64,13 +65,21 @@ def queue_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(stream_seed(seed, 0, 7))
 
 
-def _all_finite(out: dict[str, Any], info: DistInfo) -> bool:
-    """Every rank learns whether any rank saw a non-finite loss term (so all stop together); one sync."""
+def ddp_find_unused_parameters(cfg: TrainConfig) -> bool:
+    """DDP must look for unused parameters when a branch is off: the cycle branch alone leaves layer4 and
+    fc of the query encoder without gradient (the released code always passed True)."""
+    return cfg.moco.loss_weight == 0 or cfg.cycle.loss_weight == 0
+
+
+def _non_finite_flag(out: dict[str, Any], info: DistInfo) -> torch.Tensor:
+    """(1,) tensor on the device, > 0 iff any rank saw a non-finite loss term (so all stop together).
+
+    No host synchronisation here: the caller reads it once at the end of the step."""
     terms = torch.stack([out[k].detach().float() for k in LOSS_KEYS if k in out])
     bad = (~torch.isfinite(terms)).any().float().reshape(1)
     if info.distributed:
         dist.all_reduce(bad)
-    return bad.item() == 0
+    return bad
 
 
 def _mean_across_ranks(values: dict[str, float], info: DistInfo) -> dict[str, float]:
@@ -105,6 +114,7 @@ def train(cfg: TrainConfig, output_dir: str | Path | None = None, resume: str | 
     out_dir = Path(output_dir) if output_dir else Path("runs") / name
     ckpt_dir = out_dir / "checkpoints"
     seed_everything(cfg.seed)
+    numerics = set_faithful_numerics(info.device, cfg.fast)  # no TF32 unless cfg.fast
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
@@ -163,7 +173,7 @@ def train(cfg: TrainConfig, output_dir: str | Path | None = None, resume: str | 
                 "bn_splits": cfg.moco.bn_splits, "steps_per_epoch": steps_per_epoch,
                 "total_steps": total_steps,
                 "num_images": data.num_images, "num_pairs": data.num_pairs, "pair_overlap": data.pair_overlap,
-                "device": str(info.device), "amp": cfg.amp,
+                "device": str(info.device), "amp": cfg.amp, "precision": numerics["precision"],
                 "init": init_record}
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -174,7 +184,8 @@ def train(cfg: TrainConfig, output_dir: str | Path | None = None, resume: str | 
     net = model
     if info.distributed:
         ids = [info.device.index] if info.device.type == "cuda" else None
-        net = DistributedDataParallel(model, device_ids=ids)
+        net = DistributedDataParallel(model, device_ids=ids,
+                                      find_unused_parameters=ddp_find_unused_parameters(cfg))
 
     def save(epoch_of_next: int) -> Path | None:
         path = None
@@ -214,10 +225,7 @@ def train(cfg: TrainConfig, output_dir: str | Path | None = None, resume: str | 
                 with autocast:
                     out = net(batch.get("im_q"), batch.get("im_k"), batch.get("src"), batch.get("trg"), gen,
                               return_vis=vis_now)
-                if not _all_finite(out, info):
-                    terms = ", ".join(f"{k}={out[k].item():.6g}" for k in LOSS_KEYS if k in out)
-                    raise NonFiniteLoss(f"non-finite loss at step {step} (epoch {epoch}): {terms}; "
-                                        f"lower optim.lr or check the data (run folder {out_dir})")
+                bad = _non_finite_flag(out, info)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(out["loss"]).backward()
                 if cfg.optim.clip_grad_norm is not None:
@@ -225,6 +233,11 @@ def train(cfg: TrainConfig, output_dir: str | Path | None = None, resume: str | 
                     out["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
+                # the step's one host sync (also ends the compute timing); a non-finite step is never saved
+                if bad.item() > 0:
+                    terms = ", ".join(f"{k}={out[k].item():.6g}" for k in LOSS_KEYS if k in out)
+                    raise NonFiniteLoss(f"non-finite loss at step {step} (epoch {epoch}): {terms}; "
+                                        f"lower optim.lr or check the data (run folder {out_dir})")
                 _sync(info.device)
                 compute_time = time.perf_counter() - t_compute
                 step += 1

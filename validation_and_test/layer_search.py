@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Optional
 
+import torch
+
 from configs.runtime import UserError
 from validation_and_test.config import EvalConfig
 
@@ -314,6 +316,7 @@ def reproduce_command(cfg: EvalConfig, ids: Sequence[int], n_pairs: int, alpha: 
     return shlex.join(argv)
 
 
+@torch.no_grad()
 def run_layer_search(cfg: EvalConfig, beam: BeamSettings, score: Literal["pck", "cycle"] = "pck",
                      alpha: float = 0.1, cycle: Optional[Any] = None, output_dir: Optional[str] = None,
                      preset: str = "", config_path: Optional[str] = None, split_fell_back: bool = False,
@@ -327,8 +330,6 @@ def run_layer_search(cfg: EvalConfig, beam: BeamSettings, score: Literal["pck", 
     The cycle score's frame follows `cfg` (resize rule and long side), overriding `cycle`'s.
     """
     from pathlib import Path
-
-    import torch
 
     from configs import REPO_ROOT
     from configs.runtime import (
@@ -348,7 +349,6 @@ def run_layer_search(cfg: EvalConfig, beam: BeamSettings, score: Literal["pck", 
         raise UserError(f"--score must be pck or cycle, got {score!r}")
     device = resolve_device(cfg.device)
     numerics = set_faithful_numerics(device, cfg.fast)
-    torch.set_grad_enabled(False)
     dataset = build_dataset(cfg.dataset, cfg.datapath, cfg.split)
     indices = shard_indices(len(dataset), cfg.max_pairs, None)
     model, arch, weights_record = load_resnet(cfg.backbone, cfg.weights, cfg.seed)

@@ -20,6 +20,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
+
 from configs import REPO_ROOT  # noqa: E402
 from configs.runtime import (  # noqa: E402
     UserError,
@@ -139,6 +141,7 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@torch.no_grad()  # scoped, so callers in the same process (the demo) keep autograd
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg, preset, ids_given = resolve_config(args)
@@ -146,7 +149,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"{preset} holds hyperpixel ids for {cfg.preset_backbone}, not {cfg.backbone}: give "
                         f"--hyperpixel explicitly (ids mean different blocks) or use a {cfg.backbone} preset")
 
-    import torch
 
     from data import build_dataset
     from models.backbone import HyperpixelBackbone, validate_ids
@@ -156,7 +158,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = init_distributed(cfg.device)
     log = get_logger("eval", info)
     numerics = set_faithful_numerics(info.device, cfg.fast)
-    torch.set_grad_enabled(False)
     dataset = build_dataset(cfg.dataset, cfg.datapath, cfg.split)
     thres = resolve_thres(dataset, cfg.thres)
     model, arch, weights_record = load_resnet(cfg.backbone, cfg.weights, cfg.seed)
