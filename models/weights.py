@@ -168,7 +168,7 @@ def imagenet_state_dict(arch: str, timeout_s: float = 10.0) -> tuple[dict[str, t
     except Exception as err:
         raise UserError(f"cached ImageNet weights {cached} are unreadable; delete it and retry") from err
     return sd, {"weights": "imagenet", "name": f"{arch}.IMAGENET1K_V1", "url": url, "file": str(cached),
-                "sha256_prefix": Path(url).stem.rsplit("-", 1)[-1]}
+                "sha256": sha256_file(cached), "sha256_prefix": Path(url).stem.rsplit("-", 1)[-1]}
 
 
 def load_resnet(backbone: str = "auto", weights: str = "imagenet", seed: int = 0

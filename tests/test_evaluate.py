@@ -205,3 +205,41 @@ def test_shards_cover_every_pair_once():
         shards = [shard_indices(n, max_pairs, info) for info in infos]
         assert sum(shards, []) == list(range(min(n, max_pairs or n)))
     assert shard_indices(5, None, None) == [0, 1, 2, 3, 4]
+
+
+def test_confidence_per_sim_matches_closed_forms(backbone):
+    """§7 table: cos = relu(S)^exp1, OT = (Ns T)^exp2 of one Sinkhorn step (closed form; exp1 ignored),
+    the Geo variants = RHM of those votes, HPF = RHM of relu(S)^3; features are left untouched."""
+    from models.rhm import regularized_hough_matching
+
+    src_img, trg_img = _photo("chelsea", 64), _photo("coffee", 64)
+
+    def conf(**kw):
+        m = Matcher(backbone, MatchSettings(classmap=0, long_side=64, **kw))
+        src, trg = m.image_features(src_img, IDS), m.image_features(trg_img, IDS)
+        before = src.feats.clone()
+        out = m.confidence(src, trg).double()
+        assert torch.equal(src.feats, before)
+        return out, src, trg
+
+    got, src, trg = conf(sim="cos", exp1=2.0)
+    f, g = src.feats.double(), trg.feats.double()
+    s = (f @ g.t()) / torch.outer(f.norm(dim=1), g.norm(dim=1))
+    torch.testing.assert_close(got, s.clamp(min=0) ** 2, rtol=1e-5, atol=1e-6)
+    geo, _, _ = conf(sim="cosGeo", exp1=2.0)
+    rhm = regularized_hough_matching(got.float(), src.centers, trg.centers, src.size, trg.size).double()
+    torch.testing.assert_close(geo, rhm, rtol=1e-5, atol=1e-9)
+    hpf, hs, ht = conf(hpf=True)
+    fh, gh = hs.feats.double(), ht.feats.double()
+    cube = ((fh @ gh.t()) / torch.outer(fh.norm(dim=1), gh.norm(dim=1))).clamp(min=0) ** 3
+    ref = regularized_hough_matching(cube.float(), hs.centers, ht.centers, hs.size, ht.size).double()
+    torch.testing.assert_close(hpf, ref, rtol=1e-4, atol=1e-9)
+
+    kernel = torch.exp(-(1 - s.clamp(min=0)) / 0.05)
+    n_s, n_t = kernel.shape
+    b = n_s * torch.full((n_t,), 1 / n_t, dtype=torch.float64) / kernel.sum(0)
+    a = torch.full((n_s,), 1 / n_s, dtype=torch.float64) / (kernel @ b)
+    plan = a[:, None] * kernel * b[None, :]
+    for exp1 in (1.0, 3.0):  # exp1 plays no role in the OT path
+        ot, _, _ = conf(sim="OT", exp1=exp1, exp2=0.5)
+        torch.testing.assert_close(ot, (n_s * plan).clamp(min=0) ** 0.5, rtol=1e-4, atol=1e-7)

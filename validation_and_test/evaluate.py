@@ -214,8 +214,8 @@ class Matcher:
         self._sync()
         t0 = time.perf_counter()
         sim = cosine_similarity(src.feats, trg.feats)
-        if st.hpf:
-            votes, geo = sim.clamp(min=0).pow(3), True
+        if st.hpf:  # in place: one (Ns, Nt) buffer (same values as out-of-place)
+            votes, geo = sim.clamp_(min=0).pow_(3), True
         elif st.sim in OT_SIMS:
             mu = _marginal(src.weights, src.feats.shape[0], sim)
             nu = _marginal(trg.weights, trg.feats.shape[0], sim)
@@ -224,9 +224,10 @@ class Matcher:
                                  solver=st.solver)
             except ValueError as err:
                 raise RuntimeError(f"pair {pair_id}: Sinkhorn failed ({err})") from err
+            del sim  # not needed by RHM: free it before the Hough buffers
             geo = st.sim in GEO_SIMS
         else:
-            votes, geo = sim.clamp(min=0).pow(st.exp1), st.sim in GEO_SIMS
+            votes, geo = sim.clamp_(min=0).pow_(st.exp1), st.sim in GEO_SIMS
         if geo:
             votes = regularized_hough_matching(votes, src.centers, trg.centers, src.size, trg.size)
         self._sync()
