@@ -3,7 +3,8 @@
     python scripts/demo.py [--output-dir runs/demo] [--device auto] [--seed 0] [key.sub=value ...]
 
 No data and no network needed: the demo benchmark is generated from photographs bundled with scikit-image
-(`data.demo`). Steps: (1) generate the demo data; (2) write the initial weights (seeded ResNet-18, 128-d head);
+(`data.demo`). Steps: (1) generate the demo data; (2) write the initial weights (seeded ResNet-18, 128-d
+head);
 (3) evaluate them on the held-out demo test pairs; (4) train from them with `configs/demo.yaml` (MoCo on the
 demo image folder + pixel-level cycle on demo trn pairs); (5) evaluate the trained encoder; (6) print a
 before/after PCK table and write `results.json` and figures to `<output-dir>/figs/`. Trailing
@@ -16,6 +17,7 @@ import argparse
 import json
 import shutil
 import sys
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ ALPHAS = ("0.05", "0.1", "0.15")
 
 
 def write_initial_weights(path: Path, arch: str, seed: int) -> Path:
-    """Seeded torchvision ResNet with a 128-d linear head, saved as a plain state dict (loaded by both CLIs)."""
+    """Seeded torchvision ResNet with a 128-d linear head, saved as a plain state dict (read by both CLIs)."""
     if not path.is_file():
         torch.manual_seed(seed)
         net = getattr(torchvision.models, arch)(weights=None, num_classes=128)
@@ -51,10 +53,10 @@ def batchnorm_layers(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 def recalibrate_batchnorm(net: nn.Module, batches: Iterable[torch.Tensor]) -> int:
     """Re-estimate every BatchNorm's running statistics from `batches` ((B, 3, H, W) each), no gradients.
 
-    The statistics are reset, then `net` runs in train mode with momentum None (cumulative average), so each
-    running mean (variance) becomes the mean over the batches of the per-batch channel mean (unbiased
-    variance), each layer seeing inputs normalised with batch statistics (as `torch.optim.swa_utils.update_bn`).
-    Weights are unchanged; `net`'s train/eval flag and the momenta are restored. Returns the number of batches.
+    The statistics are reset, then `net` runs in train mode with momentum None (cumulative average), so
+    each running mean (variance) becomes the mean over the batches of the per-batch channel mean (unbiased
+    variance), each layer seeing inputs normalised with batch statistics (as `swa_utils.update_bn`).
+    Weights are unchanged; the train/eval flag and the momenta are restored. Returns the number of batches.
     """
     bns = batchnorm_layers(net)
     momenta = [m.momentum for m in bns]
@@ -77,25 +79,28 @@ def recalibrate_batchnorm(net: nn.Module, batches: Iterable[torch.Tensor]) -> in
     return n
 
 
-def demo_trn_images(device: torch.device | str = "cpu", long_side: int = 300) -> Iterator[torch.Tensor]:
-    """Every source and target image of the demo trn pairs, prepared as for evaluation: (1, 3, h, w) each."""
+def demo_trn_images(device: torch.device | str = "cpu", long_side: int = 300,
+                    max_pairs: int | None = None) -> Iterator[torch.Tensor]:
+    """Source and target images of the demo trn pairs (first `max_pairs`), prepared as for evaluation
+    (ImageNet-normalised, long side `long_side`): one (1, 3, h, w) tensor each."""
     from data import build_dataset
     from validation_and_test.preprocess import prepare_image
 
     dataset = build_dataset("demo", None, "trn")
-    for i in range(len(dataset)):
+    for i in range(len(dataset) if max_pairs is None else min(max_pairs, len(dataset))):
         sample = dataset[i]
         for key in ("src_img", "trg_img"):
             yield prepare_image(sample[key], "scot", long_side, device)[0]
 
 
-def write_bn_recalibrated_weights(init: Path, path: Path, arch: str, long_side: int) -> Path:
+def write_bn_recalibrated_weights(init: Path, path: Path, arch: str, long_side: int,
+                                  device: torch.device | str = "cpu", max_pairs: int | None = None) -> Path:
     """The initial weights with BN statistics re-estimated on the demo trn images (the BN-only control)."""
     if not path.is_file():
         net = getattr(torchvision.models, arch)(weights=None, num_classes=128)
         net.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
-        recalibrate_batchnorm(net, demo_trn_images("cpu", long_side))
-        atomic_torch_save(net.state_dict(), path)
+        recalibrate_batchnorm(net.to(device), demo_trn_images(device, long_side, max_pairs))
+        atomic_torch_save({k: v.cpu() for k, v in net.state_dict().items()}, path)
     return path
 
 
@@ -120,8 +125,8 @@ def plot_training_curves(metrics_path: Path, out_png: Path) -> None:
 
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "step" in r and "loss" in r]
-    panels = [("loss_moco", "MoCo InfoNCE"), ("loss_cycle", "cycle MSE (px²)"), ("moco_top1", "MoCo top-1 (%)"),
-              ("lr", "learning rate")]
+    panels = [("loss_moco", "MoCo InfoNCE"), ("loss_cycle", "cycle MSE (px²)"),
+              ("moco_top1", "MoCo top-1 (%)"), ("lr", "learning rate")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     for ax, (key, title) in zip(axes, panels):
         pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
@@ -151,10 +156,15 @@ def copy_figures(out: Path, figs: Path, n_examples: int = 3) -> list[str]:
     return written
 
 
-def format_table(before: dict[str, Any], after: dict[str, Any]) -> str:
-    lines = [f"{'demo test PCK (%)':<20}" + "".join(f"{'a=' + a:>10}" for a in ALPHAS)]
-    for name, res in (("untrained", before), ("trained", after)):
-        lines.append(f"{name:<20}" + "".join(f"{res['pck'][a]:>10.2f}" for a in ALPHAS))
+ROWS = (("untrained", "untrained"), ("bn_recalibrated", "untrained, BN re-est."), ("trained", "trained"))
+
+
+def format_table(results: dict[str, dict[str, Any]]) -> str:
+    """Rows of ROWS present in `results` (key -> an evaluation's results.json), PCK (%) per alpha."""
+    lines = [f"{'demo test PCK (%)':<24}" + "".join(f"{'a=' + a:>10}" for a in ALPHAS)]
+    for key, label in ROWS:
+        if key in results:
+            lines.append(f"{label:<24}" + "".join(f"{results[key]['pck'][a]:>10.2f}" for a in ALPHAS))
     return "\n".join(lines)
 
 
@@ -164,9 +174,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of training")
     parser.add_argument("--max-pairs", type=int, default=None, help="evaluate only the first N test pairs")
+    parser.add_argument("--bn-pairs", type=int, default=None,
+                        help="BN re-estimation on the first N demo trn pairs only (default: all)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="training config overrides")
     args = parser.parse_args(argv)
 
+    from configs.runtime import resolve_device
+    from configs.schema import load_yaml
     from data.demo import ensure_demo_data
     from training.config import load_train_config
     from training.trainer import train
@@ -174,33 +188,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.output_dir)
     figs = out / "figs"
     figs.mkdir(parents=True, exist_ok=True)
-    print(f"[1/5] demo data: {ensure_demo_data()}")
+    wall: dict[str, float] = {}
+    t0 = time.perf_counter()
+    print(f"[1/6] demo data: {ensure_demo_data()}")
 
     init = write_initial_weights(out / "init_weights.pth", "resnet18", args.seed)
     cfg = load_train_config(TRAIN_PRESET, [f"seed={args.seed}", "init.kind=checkpoint",
                                            f"init.checkpoint={init}", *args.overrides])
     if cfg.moco.arch != "resnet18":
         raise SystemExit("the demo evaluates a ResNet-18; do not override moco.arch")
-    print("[2/5] evaluating the untrained network")
-    before = evaluate(init, out / "eval_before", args.device, args.max_pairs)
+    wall["data_and_init_s"] = time.perf_counter() - t0
+    evals: dict[str, dict[str, Any]] = {}
+    print("[2/6] evaluating the untrained network")
+    t0 = time.perf_counter()
+    evals["untrained"] = evaluate(init, out / "eval_before", args.device, args.max_pairs)
+    wall["eval_untrained_s"] = time.perf_counter() - t0
 
-    print("[3/5] training (MoCo + pixel-level cycle) with configs/demo.yaml")
+    print("[3/6] control: the untrained network with BN statistics re-estimated on the demo trn images")
+    t0 = time.perf_counter()
+    long_side = int(load_yaml(EVAL_PRESET).get("long_side", 300))
+    recal = write_bn_recalibrated_weights(init, out / "bn_recalibrated_weights.pth", "resnet18", long_side,
+                                          resolve_device(args.device), args.bn_pairs)
+    evals["bn_recalibrated"] = evaluate(recal, out / "eval_bn_recalibrated", args.device, args.max_pairs)
+    wall["bn_recalibration_and_eval_s"] = time.perf_counter() - t0
+
+    print("[4/6] training (MoCo + pixel-level cycle) with configs/demo.yaml")
+    t0 = time.perf_counter()
     summary = train(cfg, out / "train", resume="auto", device=args.device, preset=str(TRAIN_PRESET))
+    wall["train_s"] = time.perf_counter() - t0
 
-    print("[4/5] evaluating the trained network")
-    after = evaluate(Path(summary["checkpoint"]), out / "eval_after", args.device, args.max_pairs)
+    print("[5/6] evaluating the trained network")
+    t0 = time.perf_counter()
+    evals["trained"] = evaluate(Path(summary["checkpoint"]), out / "eval_after", args.device, args.max_pairs)
+    wall["eval_trained_s"] = time.perf_counter() - t0
 
-    print("[5/5] figures")
+    print("[6/6] figures")
     plot_training_curves(out / "train" / "metrics.jsonl", figs / "training_curves.png")
     written = ["training_curves.png", *copy_figures(out, figs)]
+    first = evals["untrained"]
     atomic_write_json(out / "results.json", {
-        "dataset": "demo", "split": before["split"], "n_pairs": before["n_pairs"], "thres": before["thres"],
-        "pck_before": before["pck"], "pck_after": after["pck"], "train_steps": summary["step"],
-        "checkpoint": str(summary["checkpoint"]), "figures": written,
+        "dataset": "demo", "split": first["split"], "n_pairs": first["n_pairs"], "thres": first["thres"],
+        "hyperpixel": first["hyperpixel"], "alphas": list(ALPHAS),
+        "pck_before": first["pck"], "pck_bn_recalibrated": evals["bn_recalibrated"]["pck"],
+        "pck_after": evals["trained"]["pck"],
+        "bn_recalibration": {"images": "demo trn pairs, source and target", "pairs": args.bn_pairs,
+                             "long_side": long_side, "momentum": None},
+        "train_steps": summary["step"], "checkpoint": str(summary["checkpoint"]),
+        "wall_s": {k: round(v, 1) for k, v in wall.items()}, "figures": written,
     })
     print()
-    print(format_table(before, after))
-    print(f"\nwritten: {out}/results.json, {out}/train/ (metrics, checkpoints), {figs}/ ({len(written)} PNGs)")
+    print(format_table(evals))
+    print(f"\nwritten: {out}/results.json, {out}/train/ (metrics, checkpoints), {figs}/ "
+          f"({len(written)} PNGs)")
     return 0
 
 

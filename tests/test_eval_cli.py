@@ -175,3 +175,30 @@ def test_real_spair_breakdown(realdata_root, tmp_path, capsys):
                                               "occlusion"}
     assert results["per_class"].keys() == {"aeroplane"}
     assert "viewpoint_variation" in stdout
+
+
+def test_pfpascal_csv_keypoints_are_recorded_and_restricted(tmp_path, capsys):
+    """--pfpascal-kps csv (datasets.md §1): reachable from the CLI, recorded as not comparable in
+    results.json; `--thres bbox`, a split without keypoint columns or another dataset: one-line errors."""
+    from PIL import Image
+    from skimage import data as skdata
+
+    root = tmp_path / "data"
+    (root / "PF-PASCAL" / "JPEGImages").mkdir(parents=True)
+    Image.fromarray(skdata.chelsea()[::3, ::3]).save(root / "PF-PASCAL" / "JPEGImages" / "a.jpg")
+    (root / "PF-PASCAL" / "test_pairs.csv").write_text(
+        "source_image,target_image,class,XA,YA,XB,YB\n"
+        "PF-dataset-PASCAL/JPEGImages/a.jpg,PF-dataset-PASCAL/JPEGImages/a.jpg,8,40;60;90,30;50;70,40;60;90,"
+        "30;50;70\n")
+    base = ["--datapath", str(root), "--dataset", "pfpascal", *FAST, "--pfpascal-kps", "csv"]
+    code, _, err = _cli(base + ["--output-dir", str(tmp_path / "out")], capsys)
+    assert code == 0, err
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["data"]["keypoint_source"] == "csv" and results["data"]["comparable"] is False
+    assert results["thres"] == "img" and results["n_pairs"] == 1 and results["per_class"].keys() == {"cat"}
+    for extra, needle in ((["--thres", "bbox"], "--thres bbox"), (["--split", "val"], "split val"),
+                          (["--dataset", "pfwillow"], "pfpascal only")):
+        code, _, err = _cli(base + extra + ["--output-dir", str(tmp_path / "o2")], capsys)
+        last = err.strip().splitlines()[-1]
+        assert code == 2 and last.startswith("error: ") and needle in last, (extra, err)
+        assert "Traceback" not in err

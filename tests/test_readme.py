@@ -96,7 +96,7 @@ def parse_script_args(script: str, args: list[str]) -> None:
         from training.config import load_train_config
         from training.train import get_args_parser
 
-        parsed = get_args_parser().parse_args(args)
+        parsed = get_args_parser().parse_intermixed_args(args)
         load_train_config(parsed.config, parsed.overrides)  # the preset and overrides are valid
     elif script == "validation_and_test/beamsearch.py":
         from validation_and_test.beamsearch import build_parser as beam_parser
@@ -207,7 +207,7 @@ def test_train_commands_run_at_tiny_size(cmd, tmp_path):
     from training.train import get_args_parser, main
 
     _, args = split_command(cmd)
-    parsed = get_args_parser().parse_args(args)
+    parsed = get_args_parser().parse_intermixed_args(args)
     cfg = load_train_config(parsed.config, parsed.overrides)
     root = _tiny_root(cfg.pixel_data.dataset, tmp_path)
     split = "trn" if cfg.pixel_data.dataset != "pfwillow" else "test"

@@ -23,6 +23,7 @@ class EvalConfig:
     dataset: str = "pfpascal"
     datapath: Optional[str] = None  # None: $DATASETS else ./Datasets_SCOT (demo: its cache folder)
     split: Literal["trn", "val", "test"] = "test"
+    pfpascal_kps: Literal["mat", "csv"] = "mat"  # csv: test_pairs.csv columns (thres img; not comparable)
     backbone: Literal["auto", "resnet18", "resnet34", "resnet50", "resnet101"] = "auto"
     weights: str = "imagenet"  # imagenet | random | checkpoint path
     preset_backbone: str = "resnet50"  # architecture the preset's hyperpixel ids refer to

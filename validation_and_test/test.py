@@ -40,9 +40,9 @@ from validation_and_test.config import EvalConfig, preset_path  # noqa: E402
 
 DATASET_CHOICES = ("pfpascal", "pfwillow", "spair", "demo")
 # flag dest -> EvalConfig key
-_FLAG_KEYS = ("dataset", "datapath", "split", "backbone", "weights", "hyperpixel", "alpha", "thres", "sim",
-              "exp1", "exp2", "eps", "sinkhorn_iters", "classmap", "max_pairs", "device", "seed",
-              "output_dir", "vis_dir", "hpf", "fast")
+_FLAG_KEYS = ("dataset", "datapath", "split", "pfpascal_kps", "backbone", "weights", "hyperpixel", "alpha",
+              "thres", "sim", "exp1", "exp2", "eps", "sinkhorn_iters", "classmap", "max_pairs", "device",
+              "seed", "output_dir", "vis_dir", "hpf", "fast")
 
 
 def parse_ids(text: str) -> list[int]:
@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--split", choices=("trn", "val", "test"), default=d, help="split (default test)")
     data.add_argument("--max-pairs", dest="max_pairs", type=int, default=d,
                       help="first N pairs in split order")
+    data.add_argument("--pfpascal-kps", dest="pfpascal_kps", choices=("mat", "csv"), default=d,
+                      help="PF-PASCAL keypoints: .mat files (default) or the test CSV columns (recorded, "
+                           "not comparable; thres img only)")
     model = p.add_argument_group("model")
     model.add_argument("--backbone", choices=("auto", "resnet18", "resnet34", "resnet50", "resnet101"),
                        default=d, help="auto: the checkpoint's architecture, else resnet50")
@@ -158,7 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = init_distributed(cfg.device)
     log = get_logger("eval", info)
     numerics = set_faithful_numerics(info.device, cfg.fast)
-    dataset = build_dataset(cfg.dataset, cfg.datapath, cfg.split)
+    if cfg.pfpascal_kps != "mat" and cfg.dataset != "pfpascal":
+        raise UserError(f"--pfpascal-kps {cfg.pfpascal_kps} applies to --dataset pfpascal only")
+    options = {"keypoint_source": cfg.pfpascal_kps} if cfg.dataset == "pfpascal" else {}
+    dataset = build_dataset(cfg.dataset, cfg.datapath, cfg.split, **options)
     thres = resolve_thres(dataset, cfg.thres)
     model, arch, weights_record = load_resnet(cfg.backbone, cfg.weights, cfg.seed)
     if arch != cfg.preset_backbone and not ids_given:
@@ -184,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = result.summary
     results = {
         "dataset": cfg.dataset, "split": cfg.split, "n_pairs": result.n_pairs, "thres": thres,
+        "data": dataset.describe(),  # root, keypoint source, comparable (datasets.md §1)
         "alphas": [float(a) for a in cfg.alpha],
         "pck": summary["pck"], "pck_per_keypoint": summary["pck_per_keypoint"],
         "per_class": summary["per_class"],
