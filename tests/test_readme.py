@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-
-from configs.runtime import UserError
 from conftest import REPO_ROOT, SHARED_REALDATA
 from test_data_pfpascal import _write_pascal
 from test_data_spair import _pairs, _write_spair
+
+from configs.runtime import UserError
 
 README = REPO_ROOT / "README.md"
 SCRIPTS = ("validation_and_test/test.py", "training/train.py", "validation_and_test/beamsearch.py",
@@ -68,8 +68,9 @@ COMMANDS = readme_commands()
 
 def test_readme_lists_the_main_commands():
     heads = {split_command(c)[0] for c in COMMANDS}
-    assert {"make demo", "make test", "bash scripts/download_datasets.sh", "bash scripts/download_pretrained.sh",
-            *SCRIPTS[:3]} <= heads | {c for c in COMMANDS}
+    wanted = {"make demo", "make test", "bash scripts/download_datasets.sh",
+              "bash scripts/download_pretrained.sh", *SCRIPTS[:3]}
+    assert wanted <= heads | set(COMMANDS)
     assert sum(c.startswith("torchrun") for c in COMMANDS) >= 3
 
 
@@ -154,8 +155,8 @@ def _random_checkpoint(path: Path, arch: str = "resnet50") -> Path:
     torch.manual_seed(0)
     net = getattr(torchvision.models, arch)(weights=None, num_classes=128)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"arch": arch, "state_dict": {f"module.encoder_q.{k}": v for k, v in net.state_dict().items()}},
-               path)
+    state = {f"module.encoder_q.{k}": v for k, v in net.state_dict().items()}
+    torch.save({"arch": arch, "state_dict": state}, path)
     return path
 
 
@@ -194,10 +195,10 @@ def test_checkpoint_eval_commands_run_at_tiny_size(cmd, tmp_path):
     assert (out / "results.json").is_file() and (out / "per_pair.csv").is_file()
 
 
-TINY_TRAIN = ["moco.arch=resnet18", "moco.queue_size=8", "moco.bn_splits=1", "batch_size=2", "pair_batch_size=2",
-              "num_workers=0", "image_data.source=demo", "image_data.image_size=64", "pixel_data.image_size=64",
-              "cycle.patch_size=32", "max_steps=1", "steps_per_epoch=1", "epochs=1", "init.kind=random",
-              "log.progress=false", "log.tensorboard=false"]
+TINY_TRAIN = ["moco.arch=resnet18", "moco.queue_size=8", "moco.bn_splits=1", "batch_size=2",
+              "pair_batch_size=2", "num_workers=0", "image_data.source=demo", "image_data.image_size=64",
+              "pixel_data.image_size=64", "cycle.patch_size=32", "max_steps=1", "steps_per_epoch=1",
+              "epochs=1", "init.kind=random", "log.progress=false", "log.tensorboard=false"]
 
 
 @pytest.mark.slow
@@ -223,7 +224,8 @@ def test_train_commands_run_at_tiny_size(cmd, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cmd", [c for c in COMMANDS if split_command(c)[0] == "validation_and_test/beamsearch.py"])
+@pytest.mark.parametrize("cmd", [c for c in COMMANDS
+                                 if split_command(c)[0] == "validation_and_test/beamsearch.py"])
 def test_beamsearch_commands_run_at_tiny_size(cmd, tmp_path):
     from validation_and_test.beamsearch import main
 
