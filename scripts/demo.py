@@ -3,12 +3,13 @@
     python scripts/demo.py [--output-dir runs/demo] [--device auto] [--seed 0] [key.sub=value ...]
 
 No data and no network needed: the demo benchmark is generated from photographs bundled with scikit-image
-(`data.demo`). Steps: (1) generate the demo data; (2) write the initial weights (seeded ResNet-18, 128-d
-head);
-(3) evaluate them on the held-out demo test pairs; (4) train from them with `configs/demo.yaml` (MoCo on the
-demo image folder + pixel-level cycle on demo trn pairs); (5) evaluate the trained encoder; (6) print a
-before/after PCK table and write `results.json` and figures to `<output-dir>/figs/`. Trailing
-`key.sub=value` pairs override the training config. Re-running resumes training where it stopped.
+(`data.demo`). Steps: (1) generate the demo data and write the initial weights (seeded ResNet-18, 128-d
+head); (2) evaluate them on the held-out demo test pairs; (3) control: the same weights with only their
+BatchNorm statistics re-estimated on the demo trn images (`recalibrate_batchnorm`), evaluated alike;
+(4) train from the initial weights with `configs/demo.yaml` (MoCo on the demo image folder + pixel-level
+cycle on demo trn pairs); (5) evaluate the trained encoder; (6) print the three-row PCK table and write
+`results.json` and figures to `<output-dir>/figs/`. All rows use `configs/eval/demo.yaml` (same ids).
+Trailing `key.sub=value` pairs override the training config. Re-running resumes training where it stopped.
 """
 
 from __future__ import annotations

@@ -27,6 +27,6 @@ trap 'rm -rf "$TMP"' EXIT
 mkdir -p figs
 rm -f figs/training_curves.png figs/pixel_level.png figs/transfer_before_*.png figs/transfer_after_*.png
 cp "$TMP"/demo/figs/*.png figs/
-cp "$TMP/demo/results.json" figs/demo_results.json
+install -m 644 "$TMP/demo/results.json" figs/demo_results.json
 echo "figures written to figs/:"
 ls -1 figs
