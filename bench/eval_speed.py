@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from configs.runtime import resolve_device, set_faithful_numerics  # noqa: E402
+from configs.runtime import resolve_device, set_faithful_numerics, synchronize  # noqa: E402
 from models.backbone import HyperpixelBackbone  # noqa: E402
 from models.geometry import transfer_keypoints  # noqa: E402
 from models.rhm import gaussian_filter_7x7, hough_bins, regularized_hough_matching  # noqa: E402
@@ -58,17 +58,12 @@ def look_alike_pair(index: int, hw: tuple[int, int]) -> tuple[torch.Tensor, torc
     return src, trg, kps, kps + torch.tensor([dx, dy], dtype=torch.float32)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def reference_votes_and_rhm(sim: torch.Tensor, mu: torch.Tensor, nu: torch.Tensor, src_c: torch.Tensor,
                             trg_c: torch.Tensor, src_size, trg_size, eps: float, exp2: float,
                             times: dict[str, float]) -> torch.Tensor:
     """The reference algorithm restated: dense diag(a) K diag(b) products, dense (Ns, n_bins) Hough buffer."""
     device = sim.device
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     cost = 1 - sim.clamp(min=0)
     kernel = torch.exp(-cost / eps)
@@ -77,7 +72,7 @@ def reference_votes_and_rhm(sim: torch.Tensor, mu: torch.Tensor, nu: torch.Tenso
     a = mu / (kernel @ b)
     plan = torch.diag(a) @ kernel @ torch.diag(b)
     votes = (plan * mu.shape[0]).clamp(min=0).pow(exp2)
-    _sync(device)
+    synchronize(device)
     t1 = time.perf_counter()
     bins, (ny, nx) = hough_bins(src_c, trg_c, src_size, trg_size)
     dense = torch.zeros(votes.shape[0], ny * nx, dtype=votes.dtype, device=device)
@@ -86,7 +81,7 @@ def reference_votes_and_rhm(sim: torch.Tensor, mu: torch.Tensor, nu: torch.Tenso
     gauss = gaussian_filter_7x7(device).view(1, 1, 7, 7)
     smoothed = F.conv2d(hist.view(1, 1, ny, nx), gauss, padding=3).view(-1)
     conf = votes * smoothed[bins]
-    _sync(device)
+    synchronize(device)
     times["ot"] += t1 - t0
     times["rhm"] += time.perf_counter() - t1
     return conf
@@ -99,15 +94,15 @@ def peak_mb(device: torch.device) -> float:
 
 
 def _match_ours(src, trg, mu, nu, st, times: dict[str, float], device: torch.device) -> torch.Tensor:
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     sim = cosine_similarity(src.feats, trg.feats)
     votes = ot_votes(sim, mu, nu, eps=st.eps, exp2=st.exp2, n_iters=st.sinkhorn_iters, solver=st.solver)
     del sim
-    _sync(device)
+    synchronize(device)
     t1 = time.perf_counter()
     conf = regularized_hough_matching(votes, src.centers, trg.centers, src.size, trg.size)
-    _sync(device)
+    synchronize(device)
     times["ot"] += t1 - t0
     times["rhm"] += time.perf_counter() - t1
     return conf
@@ -131,11 +126,11 @@ def bench_stages(matcher: Matcher, ids, pairs, reference: bool
         _peak_reset(device)
         feats = []
         for img in (src_img, trg_img):
-            _sync(device)
+            synchronize(device)
             cam_before = matcher.timings["cam"]
             t0 = time.perf_counter()
             f = matcher._assemble(matcher._blocks(img, ids), ids)  # backbone + CAM map + hyper-image
-            _sync(device)
+            synchronize(device)
             cam = matcher.timings["cam"] - cam_before
             ours["cam"] += cam
             ours["features"] += time.perf_counter() - t0 - cam
@@ -156,7 +151,7 @@ def bench_stages(matcher: Matcher, ids, pairs, reference: bool
                 conf = _match_ours(src, trg, mu, nu, st, times, device)
             t0 = time.perf_counter()
             transfer_keypoints(conf, src.boxes, trg.boxes, kps)
-            _sync(device)
+            synchronize(device)
             times["transfer"] += time.perf_counter() - t0
             del conf
             if is_ref:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -75,6 +76,12 @@ def set_faithful_numerics(device: torch.device, fast: bool = False) -> dict[str,
         torch.backends.cuda.matmul.allow_tf32 = fast
         torch.backends.cudnn.allow_tf32 = fast
     return {"device": str(device), "precision": "tf32" if (fast and device.type == "cuda") else "float32"}
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued CUDA work on `device` (for honest timings); no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 # ------------------------------------------------------------------------------------ distributed
@@ -182,6 +189,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def file_digest(path: str | os.PathLike, algo: str = "sha256") -> str:
+    """Hex digest (`hashlib` algorithm name) of a file, read in 4 MiB chunks."""
+    h = hashlib.new(algo)
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------- run metadata

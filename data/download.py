@@ -10,7 +10,6 @@ members, links or devices). `--dry-run` prints the plan and touches neither the 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.cookiejar
 import posixpath
 import re
@@ -29,7 +28,7 @@ from typing import Any
 import yaml
 
 from configs import REPO_ROOT
-from configs.runtime import UserError, atomic_write_text
+from configs.runtime import UserError, atomic_write_text, file_digest
 
 WILLOW = "http://www.di.ens.fr/willow/research"
 PF_WILLOW_SUBCLASSES = ["car(G)", "car(M)", "car(S)", "duck(S)", "motorbike(G)", "motorbike(M)",
@@ -86,14 +85,6 @@ class DownloadError(UserError):
 
 
 # ------------------------------------------------------------------------------------------ checks
-def file_digest(path: str | Path, algo: str = "sha256") -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def looks_like_html(path: str | Path) -> bool:
     with open(path, "rb") as fh:
         head = fh.read(512).lstrip().lower()

@@ -116,10 +116,15 @@ def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 # ---------------------------------------------------------------- backbone helpers
 
+def batchnorm_layers(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """Every BatchNorm module of `net` (modules() order)."""
+    return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 @contextlib.contextmanager
 def batchnorm_eval(net: nn.Module, enabled: bool = True) -> Iterator[None]:
     """Temporarily put every BatchNorm of `net` in eval mode (restores each module's flag)."""
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if enabled else []
+    bns = batchnorm_layers(net) if enabled else []
     flags = [m.training for m in bns]
     try:
         for m in bns:
@@ -133,7 +138,7 @@ def batchnorm_eval(net: nn.Module, enabled: bool = True) -> Iterator[None]:
 @contextlib.contextmanager
 def frozen_bn_stats(net: nn.Module, enabled: bool = True) -> Iterator[None]:
     """Train-mode BN normalises with batch statistics but leaves running statistics unchanged."""
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if enabled else []
+    bns = batchnorm_layers(net) if enabled else []
     saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
              for m in bns]
     try:

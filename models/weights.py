@@ -9,7 +9,6 @@ looked up in the torch hub cache first (a one-line `UserError` when it is absent
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import socket
@@ -22,7 +21,7 @@ import torch
 import torchvision
 from torch import nn
 
-from configs.runtime import UserError
+from configs.runtime import UserError, file_digest
 
 OURS_FORMAT = "contrastive-correspondence/v1"
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -103,18 +102,15 @@ def head_for(state_dict: dict[str, torch.Tensor]) -> nn.Module:
     return nn.Identity()
 
 
-def build_resnet(arch: str, num_classes: int = 128) -> torchvision.models.ResNet:
+def _check_arch(arch: str) -> None:
     if arch not in ARCHS:
         raise UserError(f"unknown backbone {arch!r} (choose one of {', '.join(ARCHS)})")
+
+
+def build_resnet(arch: str, num_classes: int = 128) -> torchvision.models.ResNet:
+    """A randomly initialised torchvision `arch` (one of ARCHS) with a `num_classes`-d linear fc."""
+    _check_arch(arch)
     return getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _host_resolves(url: str, timeout_s: float) -> bool:
@@ -140,8 +136,7 @@ def imagenet_state_dict(arch: str, timeout_s: float = 10.0) -> tuple[dict[str, t
 
     Offline (no cache, no network, or `$CC_NO_DOWNLOAD=1`) -> one-line `UserError` naming the file to place.
     """
-    if arch not in ARCHS:
-        raise UserError(f"unknown backbone {arch!r} (choose one of {', '.join(ARCHS)})")
+    _check_arch(arch)
     enum = torchvision.models.get_model_weights(arch)
     weights = enum.IMAGENET1K_V1
     url = weights.url
@@ -168,7 +163,7 @@ def imagenet_state_dict(arch: str, timeout_s: float = 10.0) -> tuple[dict[str, t
     except Exception as err:
         raise UserError(f"cached ImageNet weights {cached} are unreadable; delete it and retry") from err
     return sd, {"weights": "imagenet", "name": f"{arch}.IMAGENET1K_V1", "url": url, "file": str(cached),
-                "sha256": sha256_file(cached), "sha256_prefix": Path(url).stem.rsplit("-", 1)[-1]}
+                "sha256": file_digest(cached), "sha256_prefix": Path(url).stem.rsplit("-", 1)[-1]}
 
 
 def load_resnet(backbone: str = "auto", weights: str = "imagenet", seed: int = 0
@@ -182,8 +177,7 @@ def load_resnet(backbone: str = "auto", weights: str = "imagenet", seed: int = 0
     """
     if weights == "random":
         arch = "resnet50" if backbone == "auto" else backbone
-        if arch not in ARCHS:
-            raise UserError(f"unknown backbone {arch!r} (choose one of {', '.join(ARCHS)})")
+        _check_arch(arch)
         torch.manual_seed(seed)
         model = build_resnet(arch, num_classes=128)
         return model.eval(), arch, {"weights": "random", "seed": int(seed), "arch": arch}
@@ -205,7 +199,7 @@ def load_resnet(backbone: str = "auto", weights: str = "imagenet", seed: int = 0
                 raise UserError(f"{path} holds a {found} but --backbone {backbone} was given "
                                 f"(use --backbone auto or {found})")
         source = str(path)
-        record = {"weights": str(path), "kind": kind, "sha256": sha256_file(path),
+        record = {"weights": str(path), "kind": kind, "sha256": file_digest(path),
                   "step": ckpt.get("step") if isinstance(ckpt.get("step"), int) else None}
     model = build_resnet(arch)
     model.fc = head_for(sd)

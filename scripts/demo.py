@@ -26,11 +26,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-import torchvision  # noqa: E402
 from torch import nn  # noqa: E402
 
 from configs import CONFIG_DIR  # noqa: E402
 from configs.runtime import atomic_torch_save, atomic_write_json, run_cli  # noqa: E402
+from models.cycle import batchnorm_layers  # noqa: E402
+from models.weights import build_resnet  # noqa: E402
 
 TRAIN_PRESET = CONFIG_DIR / "demo.yaml"
 EVAL_PRESET = CONFIG_DIR / "eval" / "demo.yaml"
@@ -41,13 +42,9 @@ def write_initial_weights(path: Path, arch: str, seed: int) -> Path:
     """Seeded torchvision ResNet with a 128-d linear head, saved as a plain state dict (read by both CLIs)."""
     if not path.is_file():
         torch.manual_seed(seed)
-        net = getattr(torchvision.models, arch)(weights=None, num_classes=128)
+        net = build_resnet(arch)
         atomic_torch_save(net.state_dict(), path)
     return path
-
-
-def batchnorm_layers(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 @torch.no_grad()
@@ -98,7 +95,7 @@ def write_bn_recalibrated_weights(init: Path, path: Path, arch: str, long_side: 
                                   device: torch.device | str = "cpu", max_pairs: int | None = None) -> Path:
     """The initial weights with BN statistics re-estimated on the demo trn images (the BN-only control)."""
     if not path.is_file():
-        net = getattr(torchvision.models, arch)(weights=None, num_classes=128)
+        net = build_resnet(arch)
         net.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
         recalibrate_batchnorm(net.to(device), demo_trn_images(device, long_side, max_pairs))
         atomic_torch_save({k: v.cpu() for k, v in net.state_dict().items()}, path)

@@ -28,6 +28,7 @@ from configs.runtime import (
     init_distributed,
     seed_everything,
     set_faithful_numerics,
+    synchronize,
     write_run_metadata,
 )
 from configs.schema import config_to_dict
@@ -97,11 +98,6 @@ def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
         return [k for key in sorted(set(old) | set(new))
                 for k in _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
     return [] if old == new else [prefix.rstrip(".")]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def train(cfg: TrainConfig, output_dir: str | Path | None = None, resume: str | None = None,
@@ -238,7 +234,7 @@ def train(cfg: TrainConfig, output_dir: str | Path | None = None, resume: str | 
                     terms = ", ".join(f"{k}={out[k].item():.6g}" for k in LOSS_KEYS if k in out)
                     raise NonFiniteLoss(f"non-finite loss at step {step} (epoch {epoch}): {terms}; "
                                         f"lower optim.lr or check the data (run folder {out_dir})")
-                _sync(info.device)
+                synchronize(info.device)
                 compute_time = time.perf_counter() - t_compute
                 step += 1
 

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from configs.runtime import DistInfo, UserError, gather_objects
+from configs.runtime import DistInfo, UserError, gather_objects, synchronize
 from models.backbone import HyperpixelBackbone, hyper_image, validate_ids
-from models.cam import cam_map, cam_weights, linear_head
+from models.cam import cam_map, cam_weights, linear_head, marginal
 from models.geometry import receptive_field_boxes, transfer_keypoints
 from models.rhm import regularized_hough_matching
 from models.sinkhorn import cosine_similarity, ot_votes
@@ -154,23 +154,19 @@ class Matcher:
         self.timings: dict[str, float] = {"features": 0.0, "cam": 0.0, "match": 0.0, "transfer": 0.0}
 
     # ----------------------------------------------------------------------------------- features
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     @torch.no_grad()
     def _blocks(self, img: torch.Tensor, ids: Sequence[int]) -> _ImageBlocks:
         """Backbone (+ CAM) of one uint8 image (3, H, W) for `ids`."""
-        self._sync()
+        synchronize(self.device)
         t0 = time.perf_counter()
         x, s = prepare_image(img, self.settings.resize_rule, self.settings.long_side, self.device)
         out = self.backbone.forward_blocks(x, ids, full=self.settings.needs_cam)
-        self._sync()
+        synchronize(self.device)
         t1 = time.perf_counter()
         cam = None
         if self.settings.needs_cam:
             cam = cam_map(x, self.backbone.fc, out.final, self.backbone.forward_final)
-            self._sync()
+            synchronize(self.device)
         self.timings["features"] += t1 - t0
         self.timings["cam"] += time.perf_counter() - t1
         return _ImageBlocks(maps=out.maps, cam=cam, scale=s, size=(x.shape[-1], x.shape[-2]))
@@ -211,7 +207,7 @@ class Matcher:
     def confidence(self, src: ImageFeatures, trg: ImageFeatures, pair_id: Any = None) -> torch.Tensor:
         """Matching confidence (Ns, Nt) of `evaluation.md` §§7-8 for the configured `sim`."""
         st = self.settings
-        self._sync()
+        synchronize(self.device)
         t0 = time.perf_counter()
         sim = cosine_similarity(src.feats, trg.feats)
         if st.hpf:  # in place: one (Ns, Nt) buffer (same values as out-of-place)
@@ -230,7 +226,7 @@ class Matcher:
             votes, geo = sim.clamp_(min=0).pow_(st.exp1), st.sim in GEO_SIMS
         if geo:
             votes = regularized_hough_matching(votes, src.centers, trg.centers, src.size, trg.size)
-        self._sync()
+        synchronize(self.device)
         self.timings["match"] += time.perf_counter() - t0
         return votes
 
@@ -249,7 +245,7 @@ class Matcher:
         length = pck_length(thres, (height, width), sample["trg_bbox"])
         thresholds = pck_threshold(length, trg.scale, [float(a) for a in alphas]).to(self.device)
         correct = correct_keypoints(pred, trg_kps, thresholds)
-        self._sync()
+        synchronize(self.device)
         self.timings["transfer"] += time.perf_counter() - t0
         return PairPrediction(pred=pred, gt=trg_kps, thresholds=thresholds, correct=correct.cpu(),
                               n_uncovered=int((n_neighbours == 0).sum()), trg_scale=trg.scale)
@@ -269,7 +265,7 @@ class Matcher:
 def _marginal(weights: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor:
     if weights is None:
         return torch.full((n,), 1.0 / n, dtype=like.dtype, device=like.device)
-    return weights / weights.sum()
+    return marginal(weights)
 
 
 _TENSOR_KEYS = ("src_img", "trg_img", "src_kps", "trg_kps", "src_bbox", "trg_bbox")

@@ -218,13 +218,6 @@ def resolve_search_config(flags: dict[str, Any], config_path: Optional[str] = No
     return replace(cfg, split=split), preset, fell_back
 
 
-def match_settings_from_config(cfg: EvalConfig) -> Any:
-    """`MatchSettings` exactly as `test.py` builds it from an `EvalConfig`."""
-    from validation_and_test.evaluate import MatchSettings
-
-    return MatchSettings.from_config(cfg)
-
-
 # ------------------------------------------------------------------------------------------- PCK score
 class CachedPairs:
     """`dataset[i]` memoised (decoded images, keypoints, boxes), LRU-bounded by `max_mb`; every other
@@ -254,8 +247,6 @@ class _SizedSample:
         self.sample = sample
 
     def nbytes(self) -> int:
-        import torch
-
         return sum(v.numel() * v.element_size() for v in self.sample.values() if torch.is_tensor(v))
 
 
@@ -343,7 +334,7 @@ def run_layer_search(cfg: EvalConfig, beam: BeamSettings, score: Literal["pck", 
     from data import build_dataset
     from models.backbone import HyperpixelBackbone
     from models.weights import load_resnet
-    from validation_and_test.evaluate import Matcher, shard_indices
+    from validation_and_test.evaluate import Matcher, MatchSettings, shard_indices
 
     if score not in ("pck", "cycle"):
         raise UserError(f"--score must be pck or cycle, got {score!r}")
@@ -354,7 +345,7 @@ def run_layer_search(cfg: EvalConfig, beam: BeamSettings, score: Literal["pck", 
     model, arch, weights_record = load_resnet(cfg.backbone, cfg.weights, cfg.seed)
     backbone = HyperpixelBackbone(model, arch)
     n_ids = backbone.n_ids
-    settings = match_settings_from_config(cfg)
+    settings = MatchSettings.from_config(cfg)
     scorer: Any
     if score == "pck":
         matcher = Matcher(backbone, settings, device, cache_mb=cache_mb, cache_blocks=True)
