@@ -114,11 +114,6 @@ class SplitBatchNorm(nn.BatchNorm2d):
         return f"{super().extra_repr()}, num_splits={self.num_splits}"
 
 
-def feature_dim(arch: str) -> int:
-    """Channels entering `fc` (512 for BasicBlock ResNets, 2048 for Bottleneck ones)."""
-    return 512 if arch in ("resnet18", "resnet34") else 2048
-
-
 def build_encoder(arch: str, dim: int = 128, mlp: bool = False,
                   bn_splits: int = 1) -> torchvision.models.ResNet:
     """A randomly initialised torchvision ResNet, fc -> `dim` (Linear, or the v2 MLP); BN = SplitBatchNorm."""
