@@ -29,7 +29,7 @@ from configs.runtime import UserError
 from data.io import read_json
 from data.registry import PairDataset, PairRecord, check_kps, extent_box, register
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 DEFAULT_DEMO_ROOT = REPO_ROOT / ".cache" / "demo"
 SPLIT_PHOTOS: dict[str, tuple[str, ...]] = {
     "trn": ("astronaut", "rocket", "immunohistochemistry", "hubble_deep_field", "coins", "gravel", "retina",
@@ -37,7 +37,7 @@ SPLIT_PHOTOS: dict[str, tuple[str, ...]] = {
     "val": ("chelsea", "moon"),
     "test": ("coffee", "camera", "motorcycle"),
 }
-PAIRS_PER_PHOTO = {"trn": 10, "val": 4, "test": 8}
+PAIRS_PER_PHOTO = {"trn": 10, "val": 10, "test": 8}  # v2: val 4 -> 10 (same first 4)
 CROPS_PER_PHOTO = 4  # unlabelled images per trn photo (the photo itself + crops)
 PHOTO_MAX_SIDE = 640
 FILL = (118, 118, 118)  # canvas colour outside the photo

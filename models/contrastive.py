@@ -4,13 +4,16 @@ API (stable; the training loop calls it):
 
     model = ContrastiveCorrespondence(MoCoConfig(...), CycleConfig(...), generator=queue_init_generator)
     out = model(im_q, im_k, src, trg, generator, return_vis=False)
-    out["loss"].backward()      # = moco.loss_weight * loss_moco + cycle.loss_weight * loss_cycle
+    out["loss"].backward()      # = the sum of out["terms"].values()
 
-`out` holds 0-dim tensors: "loss", "loss_moco", "loss_cycle" (unweighted terms), "moco_top1", "moco_top5"
-(percent), "cycle_valid_fraction", "cycle_max_prob_crop_trg", "cycle_max_prob_trg_src", "cycle_error_px";
-plus "vis" (dict, see `models.cycle.CycleResult`) when return_vis. Either branch may be skipped by passing
-None for its images (im_q/im_k, or src/trg), or is skipped when its loss weight is 0; its terms are then
-absent from `out`.
+`out["terms"]` holds the weighted loss of each branch: "moco" = moco.loss_weight * loss_moco, "pixel" =
+cycle.loss_weight * loss_cycle (+ cycle.centre_loss_weight * loss_centre); the training loop takes
+per-term gradients from it. The other entries are 0-dim tensors: "loss", "loss_moco", "loss_cycle"
+(unweighted terms), "moco_top1", "moco_top5" (percent), "cycle_valid_fraction", "cycle_max_prob_crop_trg",
+"cycle_max_prob_trg_src", "cycle_error_px", "cycle_centre_baseline" (and "loss_centre" when its weight is
+> 0); plus "vis" (dict, see `models.cycle.CycleResult`) when return_vis. Either branch may be skipped by
+passing None for its images (im_q/im_k, or src/trg), or is skipped when its loss weight is 0; its terms
+are then absent from `out`.
 
 The model subclasses `MoCo`, so its state dict has exactly the checkpoint layout `encoder_q.*`,
 `encoder_k.*`, `queue`, `queue_ptr` (`module.` added by DDP). Random draws, from `generator` (per rank):
@@ -48,14 +51,14 @@ class ContrastiveCorrespondence(MoCo):
                 return_vis: bool = False) -> dict[str, Any]:
         """im_q, im_k: (B, 3, H, W) ImageNet views; src, trg: (B', 3, S, S) pairs. See the module doc."""
         out: dict[str, Any] = {}
-        total = None
+        terms: dict[str, torch.Tensor] = {}
         mw, cw = self.moco_cfg.loss_weight, self.cycle_cfg.loss_weight
         if im_q is not None and im_k is not None and mw != 0:
             logits, labels = super().forward(im_q, im_k, generator)
             loss_moco = F.cross_entropy(logits, labels)
             top1, top5 = topk_accuracy_tensors(logits, labels, (1, 5))
             out.update(loss_moco=loss_moco, moco_top1=top1, moco_top5=top5)
-            total = mw * loss_moco
+            terms["moco"] = mw * loss_moco
         if src is not None and trg is not None and cw != 0:
             res = cycle_loss(self.encoder_q, src, trg, self.cycle_cfg, generator, return_vis=return_vis,
                              bn_groups=self.moco_cfg.bn_splits)
@@ -63,9 +66,12 @@ class ContrastiveCorrespondence(MoCo):
             out.update(res.stats)
             if res.vis is not None:
                 out["vis"] = res.vis
-            total = cw * res.loss if total is None else total + cw * res.loss
-        if total is None:
+            terms["pixel"] = cw * res.loss
+            if res.centre_loss is not None:
+                terms["pixel"] = terms["pixel"] + self.cycle_cfg.centre_loss_weight * res.centre_loss
+        if not terms:
             raise UserError("ContrastiveCorrespondence: no branch to run (pass im_q/im_k and/or src/trg, "
                             "with a non-zero moco.loss_weight / cycle.loss_weight)")
-        out["loss"] = total
+        out["terms"] = terms
+        out["loss"] = sum(terms.values())
         return out

@@ -14,7 +14,8 @@ rotation, attention-guided crop, cell ground truth with validity), `resnet_featu
 
 `encoder_q` is a torchvision ResNet (the MoCo query encoder); `src`, `trg`: (B, 3, S, S) ImageNet-normalised
 pairs (S = 224 in the paper). All random draws (flip, rotation angle, optional crop jitter) come from
-`generator` (per rank under DDP), in this order: flip (B), angle (B), jitter (B, 2) only if jitter > 0.
+`generator` (per rank under DDP), in this order: flip (B), angle (B), then (B, 2) uniforms only if
+crop_centre is "random", then jitter (B, 2) only if jitter > 0.
 
 Coordinates: (x, y) in pixels of the un-augmented S x S source, continuous (pixel i covers [i, i+1)); source
 cell j at column u, row v has centre s * (u + 1/2, v + 1/2) with s the feature stride.
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any, Literal, Optional
 
@@ -35,6 +35,7 @@ from torch import nn
 
 from configs.runtime import UserError
 from models.backbone import block_pre_relu
+from models.batchnorm import batchnorm_eval, frozen_bn_stats
 
 STAGE_STRIDE = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
 VALID_EPS = 1e-4  # a warped pixel is in-image iff its bilinear validity >= 1 - VALID_EPS
@@ -58,13 +59,15 @@ class CycleConfig:
     exact_crop_scale: bool = True      # fix 2: crop affine at scale exactly 1 (False: (W-1) denominators)
     mask_invalid: bool = True          # fix 3: cells with any out-of-image pixel are left out of the loss
     attention_norm: Literal["image", "batch"] = "image"  # fix 4: min-max per image (batch: per BN group)
-    crop_centre: Literal["argmax_cell", "first_max"] = "argmax_cell"  # fix 4 (first_max: original rows/cols)
+    crop_centre: Literal["argmax_cell", "first_max", "random"] = "argmax_cell"  # fix 4 (first_max: original
+    #                                    rows/cols; random: uniform in [P/2, S - P/2], ignores the attention)
     crop_jitter: float = 0.0           # fix 4 option: uniform +-jitter pixels added to the crop centre
     attention_bn: Literal["eval", "train"] = "eval"  # fix 5: BN mode of the no-grad attention pass(es)
     freeze_bn_stats: bool = False      # fix 5 option: pixel-branch passes do not update BN running stats
     fp32_affinity: bool = True         # fix 6: affinities and softmaxes in fp32 even under autocast
     joint_pair_pass: bool = False      # speed: source and target in one pass (BN statistics over both)
     loss_reference_size: int = 224     # fix 7: coordinates rescaled to this image side in the MSE; 0 = raw px
+    centre_loss_weight: float = 0.0    # lambda_c of the UVC concentration term (paper: 0, i.e. not computed)
 
     def __post_init__(self) -> None:
         if self.patch_size % STAGE_STRIDE[self.feature_stage]:
@@ -74,8 +77,9 @@ class CycleConfig:
             raise ValueError(f"cycle.temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.flip_prob <= 1.0:
             raise ValueError(f"cycle.flip_prob must lie in [0, 1], got {self.flip_prob}")
-        if self.crop_jitter < 0 or self.rotate_deg < 0 or self.loss_reference_size < 0:
-            raise ValueError("cycle.crop_jitter, cycle.rotate_deg and cycle.loss_reference_size must be >= 0")
+        if min(self.crop_jitter, self.rotate_deg, self.loss_reference_size, self.centre_loss_weight) < 0:
+            raise ValueError("cycle.crop_jitter, cycle.rotate_deg, cycle.loss_reference_size and "
+                             "cycle.centre_loss_weight must be >= 0")
 
 
 # Released behaviour (preset `original`): every fix off. T, P, rotation, flip are the paper's either way.
@@ -107,6 +111,7 @@ class CycleResult:
     loss: torch.Tensor
     stats: dict[str, torch.Tensor]
     vis: Optional[dict[str, torch.Tensor]] = None
+    centre_loss: Optional[torch.Tensor] = None  # unweighted concentration term; None when its weight is 0
 
 
 def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -115,42 +120,6 @@ def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 # ---------------------------------------------------------------- backbone helpers
-
-def batchnorm_layers(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """Every BatchNorm module of `net` (modules() order)."""
-    return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-@contextlib.contextmanager
-def batchnorm_eval(net: nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Temporarily put every BatchNorm of `net` in eval mode (restores each module's flag)."""
-    bns = batchnorm_layers(net) if enabled else []
-    flags = [m.training for m in bns]
-    try:
-        for m in bns:
-            m.eval()
-        yield
-    finally:
-        for m, flag in zip(bns, flags):
-            m.train(flag)
-
-
-@contextlib.contextmanager
-def frozen_bn_stats(net: nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Train-mode BN normalises with batch statistics but leaves running statistics unchanged."""
-    bns = batchnorm_layers(net) if enabled else []
-    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
-             for m in bns]
-    try:
-        for m in bns:
-            m.momentum = 0.0
-        yield
-    finally:
-        for m, (momentum, count) in zip(bns, saved):
-            m.momentum = momentum
-            if count is not None:
-                m.num_batches_tracked.copy_(count)
-
 
 def resnet_features(net: torchvision.models.ResNet, x: torch.Tensor, stage: str = "layer3", block: int = -1,
                     relu: bool = True) -> torch.Tensor:
@@ -277,10 +246,14 @@ def crop_centres(attn: torch.Tensor, attn_warped: torch.Tensor, theta: torch.Ten
     argmax_cell: centre of the arg-max cell of `attn` (B, h, w), mapped through flip/rotation (+ jitter).
     first_max: released rule on the warped, upsampled map `attn_warped` (B, S, S): first row and, separately,
     first column containing its maximum (integer pixel indices).
+    random: uniform in [P/2, S - P/2]^2, independent of the attention (+ jitter).
     """
     b = attn.shape[0]
     half = cfg.patch_size / 2.0
-    if cfg.crop_centre == "first_max":
+    if cfg.crop_centre == "random":
+        u = torch.rand(b, 2, generator=generator, device=generator.device).to(attn.device)
+        centre = half + u * (size - 2.0 * half)
+    elif cfg.crop_centre == "first_max":
         hit = attn_warped == attn_warped.amax(dim=(1, 2), keepdim=True)
         row = hit.any(dim=2).int().argmax(dim=1)
         col = hit.any(dim=1).int().argmax(dim=1)
@@ -391,6 +364,18 @@ def masked_coordinate_mse(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Ten
     return (err * weight).sum() / weight.sum().clamp_min(1.0)
 
 
+def concentration_loss(points: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over valid cells and both coordinates of the squared distance of `points` (B, m, 2) to their
+    per-sample mean over valid cells (valid (B, m) bool); 0 for a sample without valid cells.
+
+    On the crop's predicted target positions this is the UVC concentration term (a crop should land on a
+    compact target region); on the ground truth it is the error of predicting the crop centre for every cell.
+    """
+    w = valid.to(points.dtype)[..., None]
+    mean = (points * w).sum(dim=1, keepdim=True) / w.sum(dim=1, keepdim=True).clamp_min(1.0)
+    return masked_coordinate_mse(points, mean.expand_as(points), valid)
+
+
 # ---------------------------------------------------------------- the loss
 
 def _flat_features(net: nn.Module, x: torch.Tensor, cfg: CycleConfig) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -416,7 +401,10 @@ def cycle_loss(encoder: torchvision.models.ResNet, src: torch.Tensor, trg: torch
     device = src.device
 
     # 1. attention (no gradient); 2-6. flip, rotation, attention-guided crop, dense ground truth
-    attn = attention_map(encoder, src, cfg.attention_norm, bn_groups, cfg.attention_bn)
+    if cfg.crop_centre == "random":  # the attention would not be used: skip its pass (zeros in figures)
+        attn = src.new_zeros(src.shape[0], size // 32, size // 32, dtype=torch.float32)
+    else:
+        attn = attention_map(encoder, src, cfg.attention_norm, bn_groups, cfg.attention_bn)
     sample = augment_and_crop(src, attn, cfg, generator)
     crop_img, gt, valid = sample.crop, sample.gt, sample.valid
 
@@ -442,6 +430,9 @@ def cycle_loss(encoder: torchvision.models.ResNet, src: torch.Tensor, trg: torch
         loss = masked_coordinate_mse(pred * unit, gt * unit, valid)
         weight = valid.float()
         count = weight.sum()
+        centres_trg = cell_centres(h2, w2, size / h2, size / w2, device)
+        target_pred = p02.float() @ centres_trg
+        centre_loss = (concentration_loss(target_pred * unit, valid) if cfg.centre_loss_weight > 0 else None)
 
     with torch.no_grad():
         dist_px = (pred - gt).norm(dim=2)
@@ -450,13 +441,17 @@ def cycle_loss(encoder: torchvision.models.ResNet, src: torch.Tensor, trg: torch
             "cycle_max_prob_crop_trg": p02.max(dim=2).values.float().mean(),
             "cycle_max_prob_trg_src": p21.max(dim=2).values.float().mean(),
             "cycle_error_px": (dist_px * weight).sum() / count.clamp_min(1.0),
+            # the MSE of predicting each crop's mean ground truth for all its cells (same units as the loss):
+            # a walk that has learnt nothing inside the crop cannot beat it
+            "cycle_centre_baseline": concentration_loss(gt * unit, valid),
         }
+        if centre_loss is not None:
+            stats["loss_centre"] = centre_loss.detach()
     vis = None
     if return_vis:
         with torch.no_grad():
             p01 = torch.softmax(torch.bmm(f0.detach().float().transpose(1, 2), f1.detach().float())
                                 / cfg.temperature, dim=2)
-            centres_trg = cell_centres(h2, w2, size / h2, size / w2, device)
             corners = torch.tensor([[-1, -1], [1, -1], [1, 1], [-1, 1]], device=device, dtype=torch.float32)
             ctheta = sample.crop_theta
             corners_norm = corners @ ctheta[:, :, :2].transpose(1, 2) + ctheta[:, None, :, 2]
@@ -466,7 +461,7 @@ def cycle_loss(encoder: torchvision.models.ResNet, src: torch.Tensor, trg: torch
                 "attention": sample.attention_up,
                 "crop_corners": augmented_to_source(corners_aug, sample.theta, size),
                 "crop_points": gt, "gt": gt, "valid": valid, "cycle_pred": pred.detach(),
-                "direct_pred": p01 @ centres_src, "target_pred": p02.detach().float() @ centres_trg,
+                "direct_pred": p01 @ centres_src, "target_pred": target_pred.detach(),
                 "flip": sample.flip, "angle_deg": sample.angle_deg, "crop_centre": sample.centre,
             }
-    return CycleResult(loss=loss, stats=stats, vis=vis)
+    return CycleResult(loss=loss, stats=stats, vis=vis, centre_loss=centre_loss)

@@ -11,14 +11,15 @@ from torch import nn
 
 import models.cycle as cycle
 from configs.runtime import UserError
+from models.batchnorm import frozen_bn_stats
 from models.cycle import (
     CycleConfig,
     attention_map,
     augment_and_crop,
+    concentration_loss,
     crop_centres,
     crop_theta,
     cycle_loss,
-    frozen_bn_stats,
     masked_coordinate_mse,
     original_cycle_config,
     resnet_features,
@@ -281,3 +282,61 @@ def test_affinities_and_loss_stay_fp32_under_autocast(tiny_net) -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         res = cycle_loss(tiny_net, src, trg, CycleConfig(patch_size=32), torch.Generator().manual_seed(0))
     assert res.loss.dtype == torch.float32 and torch.isfinite(res.loss)
+
+
+def test_random_crop_centres_are_uniform_in_range_and_ignore_the_attention() -> None:
+    cfg = CycleConfig(crop_centre="random", rotate_deg=0.0, flip_prob=0.0)
+    attn = one_hot_attention(400, [(3, 3)] * 400)
+    theta = torch.eye(2, 3).expand(400, 2, 3)
+    c = crop_centres(attn, torch.zeros(400, S, S), theta, cfg, S, torch.Generator().manual_seed(0))
+    half = P / 2
+    assert c.min() >= half and c.max() <= S - half
+    assert abs(c.mean().item() - S / 2) < 4.0 and c.std().item() > 20.0  # uniform on [64, 160]: std 27.7
+    again = crop_centres(attn, torch.zeros(400, S, S), theta, cfg, S, torch.Generator().manual_seed(0))
+    assert torch.equal(c, again)
+
+
+def test_concentration_loss_hand_worked_masking_and_gradcheck() -> None:
+    pts = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [100.0, 100.0]]])
+    valid = torch.tensor([[True, True, False]])
+    # valid points (0,0), (2,0): mean (1,0); squared distances per coordinate: x 1, 1; y 0, 0 -> mean 0.5
+    assert concentration_loss(pts, valid).item() == pytest.approx(0.5)
+    assert concentration_loss(pts, torch.zeros(1, 3, dtype=torch.bool)).item() == 0.0
+    x = torch.randn(2, 5, 2, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[True, True, False, True, True], [True] * 5])
+    assert torch.autograd.gradcheck(lambda t: concentration_loss(t, mask), (x,))
+
+
+def test_centre_baseline_equals_the_spread_of_the_ground_truth(positional_encoder) -> None:
+    src = positional_image(1)
+    res = cycle_loss(positional_encoder, src, src, CycleConfig(rotate_deg=0.0, flip_prob=0.0),
+                     torch.Generator().manual_seed(0), return_vis=True)
+    gt = res.vis["gt"].double()[0]  # 8 x 8 cells, 16 px apart: variance per axis = 16^2 (64 - 1) / 12
+    want = ((gt - gt.mean(dim=0)) ** 2).mean().item()
+    assert want == pytest.approx(16 ** 2 * 63 / 12, rel=1e-4)
+    assert res.stats["cycle_centre_baseline"].item() == pytest.approx(want, rel=1e-4)
+
+
+def test_centre_loss_weight_zero_is_bit_identical_and_positive_weight_adds_its_gradient(tiny_net) -> None:
+    from models.contrastive import ContrastiveCorrespondence
+    from models.moco import MoCoConfig
+
+    def grads(cycle_cfg: CycleConfig):
+        torch.manual_seed(0)
+        model = ContrastiveCorrespondence(MoCoConfig(arch="resnet18", queue_size=8), cycle_cfg,
+                                          torch.Generator().manual_seed(0)).eval()
+        g = torch.Generator().manual_seed(3)
+        src, trg = torch.randn(2, 3, 64, 64, generator=g), torch.randn(2, 3, 64, 64, generator=g)
+        out = model(None, None, src, trg, torch.Generator().manual_seed(1))
+        out["loss"].backward()
+        return out, [p.grad.clone() for p in model.encoder_q.layer1.parameters()]
+
+    base = dict(patch_size=32, loss_weight=1.0, temperature=0.5)  # soft walks: gradients flow
+    out0, g0 = grads(CycleConfig(**base))
+    out_zero, g_zero = grads(CycleConfig(**base, centre_loss_weight=0.0))
+    assert "loss_centre" not in out_zero and torch.equal(out0["loss"], out_zero["loss"])
+    assert all(torch.equal(a, b) for a, b in zip(g0, g_zero))
+    out_c, g_c = grads(CycleConfig(**base, centre_loss_weight=0.5))
+    assert out_c["loss"].item() == pytest.approx(out0["loss"].item() + 0.5 * out_c["loss_centre"].item(),
+                                                 rel=1e-5)
+    assert any(not torch.allclose(a, b) for a, b in zip(g0, g_c))

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from conftest import REPO_ROOT
 from torch import nn
 
+from models.batchnorm import recalibrate_batchnorm
+
 
 def _load_demo():
     spec = importlib.util.spec_from_file_location("demo_script", REPO_ROOT / "scripts" / "demo.py")
@@ -61,7 +63,7 @@ def test_recalibrate_batchnorm_equals_direct_channel_statistics():
             means2.append(flat2.mean(1))
             vars2.append(flat2.var(1, unbiased=True))
 
-    n = demo.recalibrate_batchnorm(net, iter(batches))
+    n = recalibrate_batchnorm(net, iter(batches))
     assert n == 3
     torch.testing.assert_close(net[1].running_mean, torch.stack(means1).mean(0), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(net[1].running_var, torch.stack(vars1).mean(0), rtol=1e-5, atol=1e-5)
@@ -77,10 +79,10 @@ def test_recalibrate_batchnorm_equals_direct_channel_statistics():
 
 def test_recalibrate_batchnorm_restores_train_mode_and_rejects_no_batches():
     net = _tiny_net().train()
-    demo.recalibrate_batchnorm(net, [torch.randn(2, 3, 8, 8)])
+    recalibrate_batchnorm(net, [torch.randn(2, 3, 8, 8)])
     assert net.training
     with pytest.raises(ValueError, match="at least one batch"):
-        demo.recalibrate_batchnorm(net, [])
+        recalibrate_batchnorm(net, [])
 
 
 def test_format_table_rows_and_values():
@@ -107,7 +109,7 @@ def test_demo_end_to_end_reduced(tmp_path, capsys):
     res = json.loads((out / "results.json").read_text())
     assert res["dataset"] == "demo" and res["split"] == "test" and res["n_pairs"] == 2
     assert res["train_steps"] == 2
-    for key in ("pck_before", "pck_bn_recalibrated", "pck_after"):
+    for key in ("pck_before", "pck_bn_recalibrated", "pck_after", "pck_after_bn_recalibrated"):
         assert set(res[key]) == {"0.05", "0.1", "0.15"}
         assert all(0.0 <= v <= 100.0 for v in res[key].values())
         assert res[key]["0.05"] <= res[key]["0.1"] <= res[key]["0.15"]

@@ -266,6 +266,10 @@ def test_metrics_jsonl_has_documented_fields(tmp_path, monkeypatch):
         assert r["data_time"] >= 0 and r["compute_time"] > 0 and r["images_per_s"] > 0
         assert 0 <= r["moco_top1"] <= r["moco_top5"] <= 100
         assert r["loss"] == pytest.approx(r["loss_moco"] + 5e-4 * r["loss_cycle"], rel=1e-5)
+        # training health: per-term gradient norms, MoCo's chance level, the cycle's crop-centre baseline
+        assert r["grad_norm_moco"] > 0 and r["grad_norm_pixel"] >= 0  # T 0.0007: saturated walks here
+        assert r["moco_chance_loss"] == pytest.approx(math.log(17))
+        assert r["cycle_centre_baseline"] >= 0  # one cell per 16-px crop here: spread 0
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["transductive"] is False and run["steps_per_epoch"] == 2
     assert run["precision"] == "float32"  # set_faithful_numerics was applied (TF32 off on CUDA)
@@ -312,3 +316,12 @@ def test_cycle_figure_png_from_model_outputs(tmp_path):
     path = save_cycle_figure(out["vis"], tmp_path / "vis" / "step_0000001.png", max_samples=1)
     with Image.open(path) as png:
         assert png.size[0] == image.shape[1] and png.size[1] < image.shape[0]  # one row instead of two
+
+
+def test_setup_warnings_name_the_keys_and_run_logs_them(tmp_path, monkeypatch, caplog):
+    # one process, bn_splits 1, queue 16 >= 8 images: both warnings, each one line naming its key
+    with caplog.at_level("WARNING"):
+        _run_in_process(tmp_path, monkeypatch, _Pairs(3, 32), ["epochs=1"])
+    msgs = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("moco.bn_splits=1" in m for m in msgs) and any("moco.queue_size=16" in m for m in msgs)
+    assert all("\n" not in m for m in msgs)

@@ -58,7 +58,8 @@ class OptimConfig:
     gamma: float = 0.1
     warmup_epochs: float = 0.0           # cosine only
     final_lr: float = 0.0                # cosine only
-    clip_grad_norm: Optional[float] = None  # total-norm clipping (not in the paper; random-init demo runs)
+    clip_grad_norm: Optional[float] = None  # total-norm clipping of the summed gradient (not in the paper)
+    clip_grad_norm_per_term: Optional[float] = None  # clip each loss term's gradient to this norm, then sum
 
 
 @dataclass

@@ -10,6 +10,7 @@ restored RNG streams, so a run killed and resumed from a checkpoint equals one t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -43,6 +44,8 @@ from training.checkpoint import (
 )
 from training.config import TrainConfig
 from training.data import TrainingData, build_training_data
+from training.gradients import accumulate_term_gradients, all_reduce_gradients
+from training.health import ChanceWatch, moco_chance_loss, setup_warnings
 from training.logging import MetricsLogger
 from training.samplers import stream_seed
 from training.schedule import build_lr_schedule
@@ -124,6 +127,9 @@ def train(cfg: TrainConfig, output_dir: str | Path | None = None, resume: str | 
     if cfg.pixel_data.transductive:
         log.info("TRANSDUCTIVE run: the pixel branch trains on the %s test pairs (label-free)",
                  cfg.pixel_data.dataset)
+    for msg in setup_warnings(cfg, info.world_size, data.num_images):
+        log.warning(msg)
+    chance_watch = ChanceWatch(cfg.moco.queue_size)
 
     # -------------------------------------------------------------------------------------- networks
     model = ContrastiveCorrespondence(cfg.moco, cfg.cycle, generator=queue_generator(cfg.seed))
@@ -218,12 +224,16 @@ def train(cfg: TrainConfig, output_dir: str | Path | None = None, resume: str | 
                 gen = step_generator(cfg.seed, step, info.rank, info.device)
                 autocast = torch.autocast(info.device.type, dtype=amp_dtype or torch.float32,
                                           enabled=amp_dtype is not None)
-                with autocast:
+                # per-term gradients replace DDP's own reduction: no sync in the forward, one all-reduce after
+                with autocast, (net.no_sync() if info.distributed else contextlib.nullcontext()):
                     out = net(batch.get("im_q"), batch.get("im_k"), batch.get("src"), batch.get("trg"), gen,
                               return_vis=vis_now)
                 bad = _non_finite_flag(out, info)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(out["loss"]).backward()
+                inv_scale = 1.0 / scaler.get_scale() if scaler.is_enabled() else 1.0
+                norms = accumulate_term_gradients({k: scaler.scale(v) for k, v in out.pop("terms").items()},
+                                                  params, cfg.optim.clip_grad_norm_per_term, inv_scale)
+                out.update({f"grad_norm_{k}": v for k, v in norms.items()})
+                all_reduce_gradients(params, info.world_size)
                 if cfg.optim.clip_grad_norm is not None:
                     scaler.unscale_(optimizer)
                     out["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad_norm)
@@ -254,7 +264,12 @@ def train(cfg: TrainConfig, output_dir: str | Path | None = None, resume: str | 
                     last_record = {"step": step, "epoch": epoch, "lr": lr, **means,
                                    "images_per_s": cfg.batch_size * info.world_size / max(per_step, 1e-9),
                                    "pairs_per_s": cfg.pair_batch_size * info.world_size / max(per_step, 1e-9)}
+                    if "loss_moco" in means:
+                        last_record["moco_chance_loss"] = moco_chance_loss(cfg.moco.queue_size)
                     logger.log(last_record)
+                    msg = chance_watch.update(means.get("loss_moco"))
+                    if msg:
+                        log.warning(msg)
                     window, n_window = {}, 0
                 logger.advance()
                 end_of_epoch = step % steps_per_epoch == 0
