@@ -68,6 +68,7 @@ class Setting:
     pair_root: str | None
     pair_split: str
     notes: dict[str, Any] = field(default_factory=dict)
+    eval_tag: str = ""  # suffix of the evaluation folders (set when --hyperpixel changes the ids)
 
 
 def build_setting(name: str, split: str, datapath: str | None, max_pairs: int | None) -> Setting:
@@ -176,7 +177,7 @@ def run_seed(seed: int, rows: Sequence[str], out: Path, setting: Setting, overri
                                           device)
             weights[row] = write_bn_recalibrated(weights[base], root / f"{row}_weights.pth",
                                                  pair_images(setting, long_side, dev, bn_pairs), dev)
-        res = evaluate(weights[row], root / f"eval_{row}", device, setting.eval_args)
+        res = evaluate(weights[row], root / f"eval_{row}{setting.eval_tag}", device, setting.eval_args)
         pck[row] = {a: float(res["pck"][a]) for a in ALPHAS}
     return pck
 
@@ -212,7 +213,7 @@ def plot(summary: dict[str, Any], title: str, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = list(summary)
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, ax = plt.subplots(figsize=(9, 3.6))
     width = 0.8 / len(rows)
     for i, row in enumerate(rows):
         xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(ALPHAS))]
@@ -222,7 +223,7 @@ def plot(summary: dict[str, Any], title: str, png: Path) -> None:
     ax.set_ylabel("PCK (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     lo = min(summary[r][a]["mean"] - summary[r][a]["std"] for r in rows for a in ALPHAS)
     ax.set_ylim(max(0.0, lo - 10.0), 100.0)
     fig.tight_layout()
@@ -253,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setting = build_setting(args.setting, args.split, args.datapath, args.max_pairs)
     if args.hyperpixel:
         setting.eval_args += ["--hyperpixel", args.hyperpixel]
+        setting.eval_tag = "_ids" + args.hyperpixel.replace(",", "-")
     out = Path(args.output_dir or f"runs/ablation_{args.setting}_{args.split}")
     out.mkdir(parents=True, exist_ok=True)
     ensure_demo_data()

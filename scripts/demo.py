@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall["train_s"] = time.perf_counter() - t0
 
     print("[5/6] evaluating the trained network, as trained and with BN statistics re-estimated")
-    trained = Path(summary["checkpoint"])
+    trained = Path(summary["checkpoint"] or out / "train" / "checkpoints" / "last.pth")  # None: already done
     run_eval("trained", trained, "eval_after")
     trained_bn = write_bn_recalibrated(trained, out / "trained_bn_recalibrated_weights.pth", bn_images(),
                                        device)
