@@ -26,13 +26,21 @@ T = TypeVar("T")
 _MISSING = dataclasses.MISSING
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML mapping, resolving `_base_` inheritance. Errors name the file."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file not found: {path}")
+        named_by = f" (the _base_ of {_chain[-1]})" if _chain else ""
+        raise UserError(f"config file not found: {path}{named_by}")
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise UserError(f"{path}: _base_ inheritance forms a cycle ({cycle})")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise UserError(f"config file {path} is unreadable ({err.strerror or err})") from None
     except yaml.YAMLError as err:
         line = getattr(getattr(err, "problem_mark", None), "line", None)
         where = f" (line {line + 1})" if line is not None else ""
@@ -41,7 +49,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: expected a mapping of keys at the top level")
     base = data.pop("_base_", None)
     if base is not None:
-        data = merge_dicts(load_yaml(path.parent / base), data)
+        if not isinstance(base, str) or not base:
+            raise UserError(f"{path}: _base_ must be one file name (a string), got {base!r}")
+        data = merge_dicts(load_yaml(path.parent / base, (*_chain, path.resolve())), data)
     return data
 
 
