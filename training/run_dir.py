@@ -199,7 +199,11 @@ def prepare_run_folder(out_dir: Path, resume: str | None, overwrite: bool, keep_
             prune_step_files(ckpt_dir, keep_last)
     elif resume:
         resume_path = find_resume_checkpoint(resume, out_dir)
-        run_id = read_checkpoint(resume_path).get("run_id") or run_id
+        ckpt = read_checkpoint(resume_path)
+        if (problem := checkpoint_problem(ckpt, None, resume_path)) is not None:
+            raise UserError(f"--resume {resume_path}: {problem}; to start from pretrained weights use "
+                            f"init.checkpoint=PATH instead")
+        run_id = ckpt.get("run_id") or run_id
     if resume_path is None or run_id is None:
         run_id = run_id or secrets.token_hex(8)
         atomic_write_text(out_dir / RUN_ID_FILE, run_id + "\n")
