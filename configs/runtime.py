@@ -292,6 +292,7 @@ def claim_output_dir(path: str | os.PathLike, overwrite: bool = False, what: str
                      marker: str = "results.json") -> Path:
     """Check an evaluation folder before the work: writable, not holding a complete result (unless
     `overwrite`), and not in use by another run (a `.lock` file created exclusively; removed at exit)."""
+    created = not Path(path).exists()
     path = check_writable_dir(path, what)
     if holds_complete_result(path, marker) and not overwrite:
         raise UserError(f"{what} {path} already holds a complete {marker}; choose another folder or pass "
@@ -307,8 +308,21 @@ def claim_output_dir(path: str | os.PathLike, overwrite: bool = False, what: str
         raise UserError(f"{what} {path} is in use by another run (it took {lock} just now)") from None
     os.write(fd, f"{os.getpid()}\n".encode())
     os.close(fd)
-    atexit.register(lock.unlink, missing_ok=True)
+    atexit.register(_release, lock, created)
     return path
+
+
+def release_output_dir(path: str | os.PathLike) -> None:
+    """The run's results are complete: remove its lock from the folder now."""
+    (Path(path) / ".lock").unlink(missing_ok=True)
+
+
+def _release(lock: Path, created: bool) -> None:
+    """At exit: remove the lock, and the folder too when this run created it and wrote nothing there."""
+    lock.unlink(missing_ok=True)
+    if created:
+        with contextlib.suppress(OSError):
+            lock.parent.rmdir()  # only succeeds when empty
 
 
 def _lock_holder_alive(lock: Path) -> bool:

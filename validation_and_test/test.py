@@ -34,6 +34,7 @@ from configs.runtime import (  # noqa: E402
     git_sha,
     init_distributed,
     package_versions,
+    release_output_dir,
     run_cli,
     set_faithful_numerics,
     unique_suffix,
@@ -216,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     atomic_write_text(out_dir / "per_pair.csv", per_pair_csv(result.rows, cfg.alpha))
     write_run_metadata(out_dir, config_to_dict(cfg))
     atomic_write_json(out_dir / "results.json", {**results, COMPLETE_KEY: True})  # last: marks completion
+    release_output_dir(out_dir)
     print(format_table(results))
     if result.n_uncovered:
         log.info("%d keypoints had no source box around them (counted wrong)", result.n_uncovered)
