@@ -67,6 +67,13 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
             raise
         print(f"error: {_one_line(os_error_message(err))}", file=sys.stderr)
         sys.exit(2)
+    except RuntimeError as err:
+        if not in_distributed_run():
+            raise
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        print(f"error: rank {dist.get_rank()}: the distributed run stopped, probably because another process "
+              f"failed (see its message): {_one_line(first)}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
@@ -144,6 +151,11 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def in_distributed_run() -> bool:
+    """Whether this process belongs to an initialised process group of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def cleanup_distributed() -> None:
