@@ -95,8 +95,24 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
     if path is not None:
         data = merge_dicts(data, load_yaml(path))
         source = str(path)
-    data = merge_dicts(data, parse_overrides(overrides))
-    return build_config(cls, data, source=source)
+    given = parse_overrides(overrides)
+    check_keys_and_types(cls, given, "command line")  # an override's mistake is not blamed on the preset
+    data = merge_dicts(data, given)
+    return build_config(cls, data, source=f"{source} + command line" if given else source)
+
+
+def check_keys_and_types(cls: type, data: Mapping[str, Any], source: str, prefix: str = "") -> None:
+    """Check the keys and value types of a partial mapping (e.g. the overrides alone) against `cls`."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if name not in fields:
+            raise unknown_key(source, key, fields)
+        if dataclasses.is_dataclass(hints[name]) and isinstance(value, Mapping):
+            check_keys_and_types(hints[name], value, source, prefix=f"{key}.")
+        else:
+            _coerce(hints[name], value, key, source)
 
 
 def build_config(cls: type[T], data: Mapping[str, Any], source: str = "config", prefix: str = "") -> T:
@@ -107,8 +123,7 @@ def build_config(cls: type[T], data: Mapping[str, Any], source: str = "config", 
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        known = ", ".join(sorted(fields))
-        raise UserError(f"{source}: unknown config key '{prefix}{unknown[0]}' (known keys here: {known})")
+        raise unknown_key(source, f"{prefix}{unknown[0]}", fields)
     kwargs: dict[str, Any] = {}
     for name, field in fields.items():
         key = f"{prefix}{name}"
@@ -120,6 +135,10 @@ def build_config(cls: type[T], data: Mapping[str, Any], source: str = "config", 
         return cls(**kwargs)
     except (ValueError, TypeError) as err:  # __post_init__ validation
         raise UserError(f"{source}: {err}") from err
+
+
+def unknown_key(source: str, key: str, known: Iterable[str]) -> UserError:
+    return UserError(f"{source}: unknown config key '{key}' (known keys here: {', '.join(sorted(known))})")
 
 
 def _type_name(tp: Any) -> str:
