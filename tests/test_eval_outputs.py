@@ -23,17 +23,19 @@ FAST = ["--weights", "random", "--backbone", "resnet18", "--hyperpixel", "2,3", 
 
 @pytest.fixture(scope="module")
 def self_pairs(tmp_path_factory) -> Path:
-    """One PF-PASCAL image matched with itself: PCK must be 100 at every alpha."""
+    """Two PF-PASCAL images, each matched with itself (CSV keypoints): PCK must be 100 at every alpha."""
     from PIL import Image
     from skimage import data as skdata
 
     root = tmp_path_factory.mktemp("data")
-    (root / "PF-PASCAL" / "JPEGImages").mkdir(parents=True)
-    Image.fromarray(skdata.chelsea()[::3, ::3]).save(root / "PF-PASCAL" / "JPEGImages" / "a.jpg")
-    (root / "PF-PASCAL" / "test_pairs.csv").write_text(
-        "source_image,target_image,class,XA,YA,XB,YB\n"
-        "PF-dataset-PASCAL/JPEGImages/a.jpg,PF-dataset-PASCAL/JPEGImages/a.jpg,8,40;60;90,30;50;70,40;60;90,"
-        "30;50;70\n")
+    images = root / "PF-PASCAL" / "JPEGImages"
+    images.mkdir(parents=True)
+    rows = ["source_image,target_image,class,XA,YA,XB,YB"]
+    for name, pixels in (("cat.jpg", skdata.chelsea()[::4, ::4]), ("coffee.jpg", skdata.coffee()[::4, ::4])):
+        Image.fromarray(pixels).save(images / name)
+        xs, ys = "20;45;70;90", "15;30;45;60"
+        rows.append(f"PF-dataset-PASCAL/JPEGImages/{name},PF-dataset-PASCAL/JPEGImages/{name},8,{xs},{ys},{xs},{ys}")
+    (root / "PF-PASCAL" / "test_pairs.csv").write_text("\n".join(rows) + "\n")
     return root
 
 

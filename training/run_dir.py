@@ -194,6 +194,7 @@ def prepare_run_folder(out_dir: Path, resume: str | None, overwrite: bool, keep_
             log.info("--resume auto: no checkpoint to resume in %s, starting a fresh run", ckpt_dir)
         else:
             resume_path = found[0]
+            run_id = run_id or read_checkpoint(resume_path).get("run_id")  # a folder without its run_id file
             set_aside_newer(ckpt_dir, found[1], log)
             reconcile_last(ckpt_dir, resume_path, log)
             prune_step_files(ckpt_dir, keep_last)
