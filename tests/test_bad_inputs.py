@@ -184,7 +184,7 @@ SEARCH_CASES: dict[str, tuple[Argv, str]] = {
     "eps_zero": (_search("--eps", "0"), "eps"),
     "beam_zero": (_search("--beam", "0"), "beam"),
     "depth_zero": (_search("--depth", "0"), "depth"),
-    "cache_zero": (_search("--cache-mb", "0"), "cache_mb"),
+    "cache_negative": (_search("--cache-mb", "-1"), "cache_mb"),
     "temperature_zero": (_search("--temperature", "0"), "temperature"),
     "flip_prob_two": (_search("--flip-prob", "2"), "flip_prob"),
     "patch_zero": (_search("--patch", "0"), "patch"),
