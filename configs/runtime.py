@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import errno
 import hashlib
 import io
 import json
 import logging
+import math
 import os
 import platform
 import random
+import secrets
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +39,41 @@ class UserError(Exception):
     """
 
 
+# errors of the file system that are the user's to fix (full disk, permissions, a file in a folder's place)
+USER_OS_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
+                            errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.EFBIG})
+
+
+def os_error_message(err: OSError) -> str:
+    """One line for a file-system error: what failed, on which path."""
+    where = f" {err.filename}" if err.filename else ""
+    return f"cannot write or read{where}: {err.strerror or err}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
-    """Run `main(argv)`; turn `UserError` into one line on stderr and exit status 2."""
+    """Run `main(argv)`; turn `UserError` (and disk-full or permission errors) into one line on stderr
+    and exit status 2."""
     try:
         code = main(argv)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         sys.exit(2)
+    except OSError as err:
+        if err.errno not in USER_OS_ERRNOS:
+            raise
+        print(f"error: {_one_line(os_error_message(err))}", file=sys.stderr)
+        sys.exit(2)
+    except RuntimeError as err:
+        if not in_distributed_run():
+            raise
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        print(f"error: rank {dist.get_rank()}: the distributed run stopped, probably because another process "
+              f"failed (see its message): {_one_line(first)}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
@@ -120,6 +153,11 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
+def in_distributed_run() -> bool:
+    """Whether this process belongs to an initialised process group of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -152,12 +190,26 @@ def get_logger(name: str, info: DistInfo | None = None) -> logging.Logger:
 
 
 # --------------------------------------------------------------------------------- atomic writes
+TMP_SUFFIX = ".tmp"
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def _atomic_path(path: str | os.PathLike):
-    """Yield a temporary path in the target's folder; rename it onto `path` on success."""
+    """Yield a temporary path in the target's folder; rename it onto `path` on success.
+
+    The file gets the permissions an ordinary `open()` would give (0666 less the umask), not mkstemp's 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     try:
         yield Path(tmp)
@@ -180,8 +232,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def finite_json(obj: Any) -> Any:
+    """A copy of `obj` with every NaN or infinite float replaced by None (strict JSON has neither)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+def strict_json_dumps(obj: Any) -> str:
+    """Strict JSON text (no NaN/Infinity: such values become null), indented."""
+    return json.dumps(finite_json(obj), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n"
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    atomic_write_text(path, strict_json_dumps(obj))
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -198,6 +266,92 @@ def file_digest(path: str | os.PathLike, algo: str = "sha256") -> str:
         while block := fh.read(1 << 22):
             h.update(block)
     return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------- output folders
+COMPLETE_KEY = "complete"  # results.json carries `"complete": true`, written last
+
+
+def unique_suffix() -> str:
+    """`YYYYmmdd-HHMMSS-xxxxxx`: the time plus a short random suffix, for default output folders."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "--output-dir") -> Path:
+    """Create `path` and prove it writable with a probe file; a one-line `UserError` otherwise."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file, not a folder; choose another place")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=TMP_SUFFIX, dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise UserError(f"{what} {path} is not a writable folder ({err.strerror or err})") from None
+    return path
+
+
+def holds_complete_result(path: str | os.PathLike, marker: str = "results.json") -> bool:
+    """Whether `path/marker` is a results file that says it is complete."""
+    try:
+        return json.loads((Path(path) / marker).read_text()).get(COMPLETE_KEY) is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def claim_output_dir(path: str | os.PathLike, overwrite: bool = False, what: str = "--output-dir",
+                     marker: str = "results.json") -> Path:
+    """Check an evaluation folder before the work: writable, not holding a complete result (unless
+    `overwrite`), and not in use by another run (a `.lock` file created exclusively; removed at exit)."""
+    created = not Path(path).exists()
+    path = check_writable_dir(path, what)
+    if holds_complete_result(path, marker) and not overwrite:
+        raise UserError(f"{what} {path} already holds a complete {marker}; choose another folder or pass "
+                        f"--overwrite")
+    lock = path / ".lock"
+    if _lock_holder_alive(lock):
+        raise UserError(f"{what} {path} is in use by another run ({lock} names a running process; delete it "
+                        f"if no run is writing there)")
+    lock.unlink(missing_ok=True)  # stale: its process is gone
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except FileExistsError:
+        raise UserError(f"{what} {path} is in use by another run (it took {lock} just now)") from None
+    os.write(fd, f"{os.getpid()}\n".encode())
+    os.close(fd)
+    atexit.register(_release, lock, created)
+    return path
+
+
+def release_output_dir(path: str | os.PathLike) -> None:
+    """The run's results are complete: remove its lock from the folder now."""
+    (Path(path) / ".lock").unlink(missing_ok=True)
+
+
+def _release(lock: Path, created: bool) -> None:
+    """At exit: remove the lock, and the folder too when this run created it and wrote nothing there."""
+    lock.unlink(missing_ok=True)
+    if created:
+        with contextlib.suppress(OSError):
+            lock.parent.rmdir()  # only succeeds when empty
+
+
+def _lock_holder_alive(lock: Path) -> bool:
+    """Whether `lock` names another process that is still running."""
+    try:
+        pid = int(lock.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # ---------------------------------------------------------------------------------- run metadata

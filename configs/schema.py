@@ -26,13 +26,21 @@ T = TypeVar("T")
 _MISSING = dataclasses.MISSING
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML mapping, resolving `_base_` inheritance. Errors name the file."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file not found: {path}")
+        named_by = f" (the _base_ of {_chain[-1]})" if _chain else ""
+        raise UserError(f"config file not found: {path}{named_by}")
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise UserError(f"{path}: _base_ inheritance forms a cycle ({cycle})")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise UserError(f"config file {path} is unreadable ({err.strerror or err})") from None
     except yaml.YAMLError as err:
         line = getattr(getattr(err, "problem_mark", None), "line", None)
         where = f" (line {line + 1})" if line is not None else ""
@@ -41,7 +49,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: expected a mapping of keys at the top level")
     base = data.pop("_base_", None)
     if base is not None:
-        data = merge_dicts(load_yaml(path.parent / base), data)
+        if not isinstance(base, str) or not base:
+            raise UserError(f"{path}: _base_ must be one file name (a string), got {base!r}")
+        data = merge_dicts(load_yaml(path.parent / base, (*_chain, path.resolve())), data)
     return data
 
 
@@ -85,8 +95,24 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
     if path is not None:
         data = merge_dicts(data, load_yaml(path))
         source = str(path)
-    data = merge_dicts(data, parse_overrides(overrides))
-    return build_config(cls, data, source=source)
+    given = parse_overrides(overrides)
+    check_keys_and_types(cls, given, "command line")  # an override's mistake is not blamed on the preset
+    data = merge_dicts(data, given)
+    return build_config(cls, data, source=f"{source} + command line" if given else source)
+
+
+def check_keys_and_types(cls: type, data: Mapping[str, Any], source: str, prefix: str = "") -> None:
+    """Check the keys and value types of a partial mapping (e.g. the overrides alone) against `cls`."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if name not in fields:
+            raise unknown_key(source, key, fields)
+        if dataclasses.is_dataclass(hints[name]) and isinstance(value, Mapping):
+            check_keys_and_types(hints[name], value, source, prefix=f"{key}.")
+        else:
+            _coerce(hints[name], value, key, source)
 
 
 def build_config(cls: type[T], data: Mapping[str, Any], source: str = "config", prefix: str = "") -> T:
@@ -97,8 +123,7 @@ def build_config(cls: type[T], data: Mapping[str, Any], source: str = "config", 
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        known = ", ".join(sorted(fields))
-        raise UserError(f"{source}: unknown config key '{prefix}{unknown[0]}' (known keys here: {known})")
+        raise unknown_key(source, f"{prefix}{unknown[0]}", fields)
     kwargs: dict[str, Any] = {}
     for name, field in fields.items():
         key = f"{prefix}{name}"
@@ -110,6 +135,10 @@ def build_config(cls: type[T], data: Mapping[str, Any], source: str = "config", 
         return cls(**kwargs)
     except (ValueError, TypeError) as err:  # __post_init__ validation
         raise UserError(f"{source}: {err}") from err
+
+
+def unknown_key(source: str, key: str, known: Iterable[str]) -> UserError:
+    return UserError(f"{source}: unknown config key '{key}' (known keys here: {', '.join(sorted(known))})")
 
 
 def _type_name(tp: Any) -> str:

@@ -2,16 +2,19 @@
 
 Never imported by loaders, training or evaluation. Benchmarks: the HPF/SCOT Google Drive tarballs
 (`gdown` when installed, else the confirm-token flow), falling back to the official archives restructured into
-the HPF layout with the pair lists fetched and renamed (`datasets.md` §6). Every archive is verified (checksum
-where known, else a readable archive that is not an HTML page) and extracted safely (no absolute paths, `..`
-members, links or devices). `--dry-run` prints the plan and touches neither the network nor the disk.
+the HPF layout with the pair lists fetched and renamed. Every transfer is written to `<file>.part` and renamed
+only when the byte count equals the announced `Content-Length`. Every archive is verified (checksum where
+known, else a readable archive that is not an HTML page, said to be unverifiable) and extracted safely (no
+absolute paths, `..` members, links or devices; capped in total size and member count). Pair lists are
+checked for their published row counts. `--dry-run` prints the plan and touches neither the network nor the
+disk. One failed benchmark does not stop the others.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import http.cookiejar
-import posixpath
 import re
 import shutil
 import sys
@@ -20,6 +23,7 @@ import time
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -28,9 +32,11 @@ from typing import Any
 import yaml
 
 from configs import REPO_ROOT
-from configs.runtime import UserError, atomic_write_text, file_digest
+from configs.runtime import UserError, atomic_write_text, check_writable_dir, file_digest
 
-WILLOW = "http://www.di.ens.fr/willow/research"
+WILLOW = "http://www.di.ens.fr/willow/research"  # also tried over https first (`transport_candidates`)
+MAX_MEMBERS = 500_000  # members per archive (the benchmarks have at most ~140k files)
+GIB = 2**30
 PF_WILLOW_SUBCLASSES = ["car(G)", "car(M)", "car(S)", "duck(S)", "motorbike(G)", "motorbike(M)",
                         "motorbike(S)", "winebottle(M)", "winebottle(wC)", "winebottle(woC)"]
 
@@ -42,6 +48,7 @@ class PairList:
     source: str
     target: str
     drive: bool = False
+    rows: int | None = None  # published number of pairs (data rows after the header); None = unknown
 
 
 @dataclass
@@ -52,26 +59,29 @@ class Benchmark:
     official_top: str  # top folder inside the official archive
     pair_lists: list[PairList] = field(default_factory=list)
     required: list[str] = field(default_factory=list)  # relative paths that make the folder complete
+    max_extract_bytes: int = 16 * GIB  # cap on an archive's extracted size: a generous multiple of the data
 
 
 BENCHMARKS: dict[str, Benchmark] = {
     "pfpascal": Benchmark(
         "PF-PASCAL", ["1OOwpGzJnTsFXYh-YffMQ9XKM_Kl_zdzg", "1r54YXfCWGHe523w3ZQnCP0Y1TDToKx8n"],
         f"{WILLOW}/proposalflow/dataset/PF-dataset-PASCAL.zip", "PF-dataset-PASCAL",
-        [PairList(f"{WILLOW}/cnngeometric/other_resources/test_pairs_pf_pascal.csv", "test_pairs.csv"),
-         PairList(f"{WILLOW}/cnngeometric/other_resources/val_pairs_pf_pascal.csv", "val_pairs.csv"),
-         PairList("111tpXshLiJ4qudBHoGK3HbMSNr9vVRq9", "trn_pairs.csv", drive=True)],
-        ["trn_pairs.csv", "val_pairs.csv", "test_pairs.csv", "JPEGImages", "Annotations"]),
+        [PairList(f"{WILLOW}/cnngeometric/other_resources/test_pairs_pf_pascal.csv", "test_pairs.csv",
+                  rows=299),
+         PairList(f"{WILLOW}/cnngeometric/other_resources/val_pairs_pf_pascal.csv", "val_pairs.csv",
+                  rows=308),
+         PairList("111tpXshLiJ4qudBHoGK3HbMSNr9vVRq9", "trn_pairs.csv", drive=True, rows=2940)],
+        ["trn_pairs.csv", "val_pairs.csv", "test_pairs.csv", "JPEGImages", "Annotations"], 4 * GIB),
     "pfwillow": Benchmark(
         "PF-WILLOW", ["1tDP0y8RO5s45L-vqnortRaieiWENQco_", "1Moes_nP-1AGxuG6TkuEl100NaHGWhRfv"],
         f"{WILLOW}/proposalflow/dataset/PF-dataset.zip", "PF-dataset",
-        [PairList(f"{WILLOW}/cnngeometric/other_resources/test_pairs_pf.csv", "test_pairs.csv")],
-        ["test_pairs.csv", *PF_WILLOW_SUBCLASSES]),
+        [PairList(f"{WILLOW}/cnngeometric/other_resources/test_pairs_pf.csv", "test_pairs.csv", rows=900)],
+        ["test_pairs.csv", *PF_WILLOW_SUBCLASSES], 1 * GIB),
     "spair": Benchmark(
         "SPair-71k", ["1KSvB0k2zXA06ojWNvFjBv0Ake426Y76k", "1s73NVEFPro260H1tXxCh1ain7oApR8of",
                       "17gXi6iSK6jIz4SGJzrO6ELJGYRAKUkhR"],
         "https://cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz", "SPair-71k", [],
-        ["JPEGImages", "PairAnnotation/test", "Layout/large/test.txt", "Layout/large/trn.txt"]),
+        ["JPEGImages", "PairAnnotation/test", "Layout/large/test.txt", "Layout/large/trn.txt"], 16 * GIB),
 }
 
 IMAGENET_HELP = """ImageNet-1k cannot be downloaded automatically (licence). Get ILSVRC2012_img_train.tar from
@@ -131,40 +141,72 @@ def _check_member(name: str, archive: Path) -> PurePosixPath:
     return pure
 
 
-def safe_extract(archive: str | Path, dest: str | Path) -> list[str]:
+def _top(pure: PurePosixPath) -> str | None:
+    parts = [p for p in pure.parts if p != "."]
+    return parts[0] if parts else None
+
+
+def _check_totals(archive: Path, count: int, size: int, max_bytes: int, max_members: int) -> None:
+    """Refuse archive bombs: too many members, or more bytes than `max_bytes` once extracted."""
+    if count > max_members:
+        raise DownloadError(f"{archive}: {count} members, more than the cap of {max_members}; "
+                            f"archive rejected")
+    if size > max_bytes:
+        raise DownloadError(f"{archive}: would extract to {size / GIB:.2f} GiB, more than the cap of "
+                            f"{max_bytes / GIB:.2f} GiB for this benchmark; archive rejected")
+
+
+def _zip_members(zf: zipfile.ZipFile, archive: Path) -> tuple[set[str], int]:
+    """Check every zip member (no links, safe paths); -> (top-level names, total extracted bytes)."""
+    tops: set[str] = set()
+    for info in zf.infolist():
+        pure = _check_member(info.filename, archive)
+        if (info.external_attr >> 16) & 0o170000 == 0o120000:
+            raise DownloadError(f"{archive}: member {info.filename!r} is a symbolic link; rejected")
+        if (top := _top(pure)) is not None:
+            tops.add(top)
+    return tops, sum(info.file_size for info in zf.infolist())
+
+
+def _tar_members(members: list[tarfile.TarInfo], archive: Path) -> tuple[set[str], int]:
+    """Check every tar member: regular files and folders only (links of any kind are refused: the benchmarks
+    have none, and a link judged by its name alone can escape through links extracted before it)."""
+    tops: set[str] = set()
+    for m in members:
+        pure = _check_member(m.name, archive)
+        if m.issym() or m.islnk():
+            raise DownloadError(f"{archive}: member {m.name!r} is a link (-> {m.linkname!r}); archives with "
+                                f"links are rejected")
+        if not (m.isfile() or m.isdir()):
+            raise DownloadError(f"{archive}: member {m.name!r} is a device or special file; rejected")
+        if (top := _top(pure)) is not None:
+            tops.add(top)
+    return tops, sum(m.size for m in members if m.isfile())
+
+
+def safe_extract(archive: str | Path, dest: str | Path, max_bytes: int = 16 * GIB,
+                 max_members: int = MAX_MEMBERS) -> list[str]:
     """Extract a tar/zip archive into `dest` after checking every member (no absolute paths, no `..`, no
-    links leaving the archive, no device files; zip: no links); returns the sorted top-level names. Nothing
-    is written if a member is unsafe."""
+    links, no device files) and the totals (members, extracted bytes); returns the sorted top-level names.
+    Nothing is written if a check fails; tar/zip read errors become one-line `DownloadError`s."""
     archive, dest = Path(archive), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    tops: set[str] = set()
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            infos = zf.infolist()
-            for info in infos:
-                pure = _check_member(info.filename, archive)
-                if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                    raise DownloadError(f"{archive}: member {info.filename!r} is a symbolic link; rejected")
-                if pure.parts:
-                    tops.add(pure.parts[0])
-            zf.extractall(dest)
-        return sorted(tops)
-    with tarfile.open(archive) as tf:
-        members = tf.getmembers()
-        for m in members:
-            pure = _check_member(m.name, archive)
-            if m.issym() or m.islnk():
-                base = pure.parent if m.issym() else PurePosixPath()
-                target = posixpath.normpath(str(base / m.linkname))
-                if m.linkname.startswith("/") or target == ".." or target.startswith("../"):
-                    raise DownloadError(f"{archive}: link {m.name!r} -> {m.linkname!r} leaves the archive; "
-                                        f"rejected")
-            elif not (m.isfile() or m.isdir()):
-                raise DownloadError(f"{archive}: member {m.name!r} is a device or special file; rejected")
-            if pure.parts and pure.parts != (".",):
-                tops.add(pure.parts[0] if pure.parts[0] != "." else pure.parts[1])
-        kwargs: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-        tf.extractall(dest, members=members, **kwargs)
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                tops, size = _zip_members(zf, archive)
+                _check_totals(archive, len(zf.infolist()), size, max_bytes, max_members)
+                zf.extractall(dest)
+            return sorted(tops)
+        with tarfile.open(archive) as tf:
+            members = tf.getmembers()
+            tops, size = _tar_members(members, archive)
+            _check_totals(archive, len(members), size, max_bytes, max_members)
+            kwargs: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tf.extractall(dest, members=members, **kwargs)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as err:
+        raise DownloadError(f"{archive}: not a usable archive ({type(err).__name__}: {err}); delete it and "
+                            f"retry") from None
     return sorted(tops)
 
 
@@ -185,31 +227,66 @@ def _progress(done: int, total: int | None, label: str, last: list[float]) -> No
     print(f"  {label}: {text}", file=sys.stderr, flush=True)
 
 
-def _stream(response: Any, out: Path, label: str) -> None:
+def announced_length(response: Any) -> int | None:
+    """The response's `Content-Length` in bytes (None when absent or malformed)."""
     total = response.headers.get("Content-Length")
-    total = int(total) if total and total.isdigit() else None
+    return int(total) if total and total.strip().isdigit() else None
+
+
+def _stream(response: Any, out: Path, label: str) -> None:
+    """Write the body to `<out>.part`; rename it to `out` only when every announced byte arrived."""
+    total = announced_length(response)
     tmp = out.with_name(out.name + ".part")
     done, last = 0, [0.0]
-    with open(tmp, "wb") as fh:
-        while chunk := response.read(1 << 20):
-            fh.write(chunk)
-            done += len(chunk)
-            _progress(done, total, label, last)
+    try:
+        with open(tmp, "wb") as fh:
+            while chunk := response.read(1 << 20):
+                fh.write(chunk)
+                done += len(chunk)
+                _progress(done, total, label, last)
+        if total is not None and done != total:
+            raise DownloadError(f"{label}: transfer incomplete, {done} of {total} bytes received; retry")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(out)
 
 
-def fetch_url(url: str, out: str | Path) -> Path:
-    """HTTP(S) download with progress to `out` (written via a .part file)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    print(f"fetching {url}", flush=True)
+def transport_candidates(url: str) -> list[str]:
+    """A plain-http URL is tried over https first (most hosts serve both); other URLs as they are."""
+    if url.startswith("http://"):
+        return ["https://" + url[len("http://"):], url]
+    return [url]
+
+
+def _fetch_once(url: str, out: Path) -> None:
+    request = urllib.request.Request(url, headers={"User-Agent": "contrastive-correspondence-download"})
     try:
-        request = urllib.request.Request(url, headers={"User-Agent": "contrastive-correspondence-download"})
         with urllib.request.urlopen(request, timeout=60) as response:
             _stream(response, out, out.name)
-    except (OSError, ValueError) as err:
+    except http.client.IncompleteRead as err:
+        raise DownloadError(f"could not fetch {url} (connection closed after {len(err.partial)} bytes; "
+                            f"retry)") from None
+    except (OSError, ValueError, http.client.HTTPException) as err:
         raise DownloadError(f"could not fetch {url} ({err})") from None
-    return out
+
+
+def fetch_url(url: str, out: str | Path) -> Path:
+    """HTTP(S) download with progress to `out` (via a .part file, complete transfers only); https first."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    failures: list[str] = []
+    for candidate in transport_candidates(url):
+        print(f"fetching {candidate}", flush=True)
+        try:
+            _fetch_once(candidate, out)
+        except DownloadError as err:
+            failures.append(str(err))
+            continue
+        if candidate.startswith("http://"):
+            print(f"  note: {candidate} came over plain http (no answer over https)", flush=True)
+        return out
+    raise DownloadError("; ".join(failures))
 
 
 def fetch_drive(file_id: str, out: str | Path) -> Path:
@@ -252,12 +329,12 @@ def fetch_drive(file_id: str, out: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ datasets
-def install_archive(archive: Path, root: Path, top: str, folder: str) -> Path:
+def install_archive(archive: Path, root: Path, top: str, folder: str, max_bytes: int = 16 * GIB) -> Path:
     """Extract `archive` under `root/.extract-<folder>`, move its top folder `top` to `root/<folder>`."""
     staging = root / f".extract-{folder}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        tops = safe_extract(archive, staging)
+        tops = safe_extract(archive, staging, max_bytes)
         if top not in tops:
             found = ", ".join(tops) or "nothing"
             raise DownloadError(f"{archive}: expected a top folder {top}/, found {found}")
@@ -297,7 +374,8 @@ def download_dataset(name: str, root: str | Path, keep_archive: bool = False) ->
         try:
             fetch_drive(file_id, archive)
             verify_archive(archive)
-            install_archive(archive, root, bench.folder, bench.folder)
+            say_unverifiable(archive)
+            install_archive(archive, root, bench.folder, bench.folder, bench.max_extract_bytes)
             if is_complete(name, root):
                 print(f"{bench.folder}: done ({root / bench.folder})")
                 return True
@@ -312,14 +390,10 @@ def download_dataset(name: str, root: str | Path, keep_archive: bool = False) ->
     try:
         fetch_url(bench.official_url, official)
         verify_archive(official)
-        install_archive(official, root, bench.official_top, bench.folder)
+        say_unverifiable(official)
+        install_archive(official, root, bench.official_top, bench.folder, bench.max_extract_bytes)
         for pair_list in bench.pair_lists:
-            target = root / bench.folder / pair_list.target
-            (fetch_drive if pair_list.drive else fetch_url)(pair_list.source, target)
-            if looks_like_html(target):
-                target.unlink()
-                raise DownloadError(f"pair list {pair_list.source} came back as an HTML page; fetch it by "
-                                    f"hand into {target}")
+            fetch_pair_list(pair_list, root / bench.folder / pair_list.target)
     except DownloadError as err:
         failures.append(str(err))
     finally:
@@ -331,8 +405,34 @@ def download_dataset(name: str, root: str | Path, keep_archive: bool = False) ->
     missing = ", ".join(_missing(name, root))
     reasons = "; ".join(failures) or "incomplete"
     print(f"{bench.folder}: FAILED ({reasons}); missing: {missing}. Try: pip install gdown and rerun, or "
-          f"download the files listed in datasets.md §6 by hand into {root / bench.folder}", file=sys.stderr)
+          f"download the files named in the README's Data section by hand into {root / bench.folder}",
+          file=sys.stderr)
     return False
+
+
+def say_unverifiable(archive: Path) -> None:
+    """The benchmarks publish no checksum: say so, and record the sha256 of what was received."""
+    print(f"  {archive.name}: unverifiable (no published checksum); checked only for a complete transfer and "
+          f"a readable archive; sha256 {file_digest(archive)}", flush=True)
+
+
+def count_rows(path: Path) -> int:
+    """Non-empty lines after the header of a CSV pair list."""
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    return max(len(lines) - 1, 0)
+
+
+def fetch_pair_list(pair_list: PairList, target: Path) -> None:
+    """Fetch a pair list; refuse an HTML page or a list without its published number of rows."""
+    (fetch_drive if pair_list.drive else fetch_url)(pair_list.source, target)
+    problem = None
+    if looks_like_html(target):
+        problem = "came back as an HTML page"
+    elif pair_list.rows is not None and (rows := count_rows(target)) != pair_list.rows:
+        problem = f"has {rows} rows, not the published {pair_list.rows} (truncated or changed)"
+    if problem:
+        target.unlink()
+        raise DownloadError(f"pair list {pair_list.source} {problem}; fetch it by hand into {target}")
 
 
 def _missing(name: str, root: Path) -> list[str]:
@@ -345,52 +445,114 @@ MANIFEST = REPO_ROOT / "pretrained_models" / "manifest.yaml"
 
 
 def load_manifest(path: str | Path = MANIFEST) -> dict[str, Any]:
+    """Read and check the checkpoint manifest: every target's candidates exist and have a URL."""
     try:
-        manifest = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as err:
+        manifest = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise UserError(f"checkpoint manifest {path} is unreadable ({err})") from None
-    if not isinstance(manifest, dict) or "checkpoints" not in manifest or "targets" not in manifest:
-        raise UserError(f"checkpoint manifest {path} needs the keys 'checkpoints' and 'targets'")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("checkpoints"), dict) or not isinstance(
+            manifest.get("targets"), dict):
+        raise UserError(f"checkpoint manifest {path} needs the mappings 'checkpoints' and 'targets'")
+    for name, spec in manifest["targets"].items():
+        if not isinstance(spec, dict) or not isinstance(spec.get("file"), str) or not isinstance(
+                spec.get("candidates"), list):
+            raise UserError(f"checkpoint manifest {path}: target {name!r} needs 'file' and a list "
+                            f"'candidates'")
+        for key in spec["candidates"]:
+            entry = manifest["checkpoints"].get(key)
+            if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
+                raise UserError(f"checkpoint manifest {path}: target {name!r} names candidate {key!r}, which "
+                                f"has no entry with a 'url' under 'checkpoints'")
     return manifest
+
+
+def verification_problem(path: Path, entry: dict[str, Any]) -> str | None:
+    """Compare a file with the manifest's size, sha256 and md5 prefix (those that are known)."""
+    if looks_like_html(path):
+        return "is an HTML page, not a checkpoint"
+    size = entry.get("size")
+    if size is not None and path.stat().st_size != int(size):
+        return f"has {path.stat().st_size} bytes, not the published {size}"
+    if entry.get("sha256") and not file_digest(path).startswith(str(entry["sha256"]).lower()):
+        return f"sha256 does not start with {entry['sha256']}"
+    if entry.get("md5_prefix") and not file_digest(path, "md5").startswith(str(entry["md5_prefix"]).lower()):
+        return f"md5 does not start with {entry['md5_prefix']}"
+    return None
+
+
+def verification_kind(entry: dict[str, Any]) -> str:
+    """What a manifest entry lets us verify: "sha256", "md5", "size" or "unverifiable"."""
+    for key, kind in (("sha256", "sha256"), ("md5_prefix", "md5"), ("size", "size")):
+        if entry.get(key):
+            return kind
+    return "unverifiable"
+
+
+def present_and_verified(out: Path, spec: dict[str, Any], manifest: dict[str, Any]) -> bool:
+    """An installed file counts only if it still matches its fetched.yaml record and the manifest."""
+    if not out.is_file():
+        return False
+    record_path = out.parent / "fetched.yaml"
+    try:
+        records = yaml.safe_load(record_path.read_text()) if record_path.is_file() else None
+        record = (records or {}).get(spec["file"])
+    except (OSError, yaml.YAMLError, AttributeError):
+        record = None
+    entry = manifest["checkpoints"].get((record or {}).get("checkpoint"), {})
+    problem = verification_problem(out, entry)
+    if problem is None and record and record.get("sha256") and file_digest(out) != record["sha256"]:
+        problem = "differs from the file recorded in fetched.yaml"
+    if problem is None and not record:
+        problem = "has no fetched.yaml record"
+    if problem:
+        print(f"{out} {problem}: fetching it again", file=sys.stderr)
+        return False
+    return True
+
+
+def record_fetch(out_dir: Path, spec: dict[str, Any], key: str, entry: dict[str, Any], out: Path) -> None:
+    record_path = out_dir / "fetched.yaml"
+    records = (yaml.safe_load(record_path.read_text()) or {}) if record_path.is_file() else {}
+    fetched = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    records[spec["file"]] = {"checkpoint": key, "url": entry["url"], "sha256": file_digest(out),
+                             "md5": file_digest(out, "md5"), "size": out.stat().st_size,
+                             "verified": verification_kind(entry), "fetched": fetched}
+    atomic_write_text(record_path, yaml.safe_dump(records, sort_keys=True))
 
 
 def download_pretrained(target: str, out_dir: str | Path, manifest: dict[str, Any],
                         dry_run: bool = False) -> bool:
     """Fetch `targets[target]` (a file name and candidate checkpoints, in order) into `out_dir`; the first
-    candidate that downloads and passes its checksum wins; `<out_dir>/fetched.yaml` records which one."""
+    candidate that downloads and passes its checks wins; `<out_dir>/fetched.yaml` records which one."""
     spec = manifest["targets"].get(target)
     if spec is None:
         choices = ", ".join(manifest["targets"])
         raise UserError(f"unknown checkpoint target {target!r} (choose from {choices})")
     out_dir = Path(out_dir)
     out = out_dir / spec["file"]
-    if out.is_file() and not dry_run:
-        print(f"{out} already present, skipped")
-        return True
+    if not dry_run:
+        check_writable_dir(out_dir, "--out")
+        if present_and_verified(out, spec, manifest):
+            print(f"{out} already present and verified, skipped")
+            return True
     for key in spec["candidates"]:
         entry = manifest["checkpoints"][key]
         if dry_run:
-            md5 = f"md5 {entry['md5_prefix']}..." if entry.get("md5_prefix") else "none"
-            check = entry.get("sha256") or md5
-            print(f"would fetch {entry['url']} -> {out} (checksum: {check}; {entry.get('note', '')})")
+            checks = [f"{k} {entry[k]}" for k in ("size", "sha256", "md5_prefix") if entry.get(k)]
+            print(f"would fetch {entry['url']} -> {out} (verified by: {', '.join(checks) or 'unverifiable'}; "
+                  f"{entry.get('note', '')})")
             continue
         tmp = out.with_name(out.name + ".download")
         try:
             fetch_url(entry["url"], tmp)
-            if looks_like_html(tmp):
-                raise DownloadError(f"{entry['url']} returned an HTML page, not a checkpoint")
-            if entry.get("sha256") and not file_digest(tmp).startswith(entry["sha256"]):
-                raise DownloadError(f"{entry['url']}: sha256 mismatch (expected {entry['sha256'][:16]}...)")
-            md5 = file_digest(tmp, "md5")
-            if entry.get("md5_prefix") and not md5.startswith(entry["md5_prefix"]):
-                raise DownloadError(f"{entry['url']}: md5 {md5[:8]} is not {entry['md5_prefix']}...")
+            problem = verification_problem(tmp, entry)
+            if problem:
+                raise DownloadError(f"{entry['url']}: the file {problem}")
+            if verification_kind(entry) == "unverifiable":
+                print(f"  {out.name}: unverifiable (the manifest has no size or checksum for {key}); checked "
+                      f"only for a complete transfer that is not an HTML page", file=sys.stderr)
             tmp.replace(out)
-            record_path = out_dir / "fetched.yaml"
-            records = (yaml.safe_load(record_path.read_text()) or {}) if record_path.is_file() else {}
-            fetched = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            records[spec["file"]] = {"checkpoint": key, "url": entry["url"], "sha256": file_digest(out),
-                                     "md5": md5, "fetched": fetched}
-            atomic_write_text(record_path, yaml.safe_dump(records, sort_keys=True))
+            record_fetch(out_dir, spec, key, entry, out)
             print(f"{out}: from {key} ({entry['url']})")
             return True
         except DownloadError as err:
@@ -425,15 +587,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if ok else 1
     names = args.only or ["pfpascal", "pfwillow", "spair"]
     root = Path(args.root)
+    if not args.dry_run:
+        check_writable_dir(root, "--root")
     ok = True
     for name in dict.fromkeys(names):
         if args.dry_run:
             for step in plan(name, root):
                 print(f"[dry-run] {step}")
         else:
-            ok &= download_dataset(name, root, keep_archive=args.keep_archives)
+            ok &= download_one(name, root, args.keep_archives)
     print(IMAGENET_HELP)
     return 0 if ok else 1
+
+
+def download_one(name: str, root: Path, keep_archive: bool) -> bool:
+    """`download_dataset`, with any failure reported on one line so that the next benchmark still runs."""
+    try:
+        return download_dataset(name, root, keep_archive=keep_archive)
+    except (UserError, OSError) as err:
+        print(f"{BENCHMARKS[name].folder}: FAILED ({err})", file=sys.stderr)
+        return False
 
 
 if __name__ == "__main__":

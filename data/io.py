@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,27 @@ def open_rgb(path: str | Path) -> Image.Image:
     if not path.is_file():
         raise UserError(f"image file {path} is missing (re-download the dataset or fix the pair list)")
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # over ~89 Mpixel: refuse as well
+            with Image.open(path) as img:
+                check_image_size(img.size, path)
+                return img.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(f"image file {path} is too large to decode safely (decompression bomb limit of "
+                        f"{Image.MAX_IMAGE_PIXELS} pixels); it is not a benchmark image") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise UserError(f"image file {path} is unreadable ({type(err).__name__}: {err}); "
                         f"re-download it") from None
+
+
+MIN_IMAGE_SIDE = 8  # pixels; thinner images cannot be resized into a feature grid
+
+
+def check_image_size(size: tuple[int, int], path: Path) -> None:
+    """Refuse images too thin to match (e.g. 2000 x 1)."""
+    if min(size) < MIN_IMAGE_SIDE:
+        raise UserError(f"image file {path} is {size[0]}x{size[1]} pixels; each side must be at least "
+                        f"{MIN_IMAGE_SIDE}")
 
 
 def pil_to_uint8_tensor(img: Image.Image) -> torch.Tensor:

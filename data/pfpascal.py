@@ -15,7 +15,7 @@ import numpy as np
 
 from configs.runtime import UserError
 from data.io import parse_float, parse_int, read_csv_rows
-from data.registry import PairDataset, PairRecord, check_kps, default_root, register
+from data.registry import PairDataset, PairRecord, check_box, check_kps, default_root, register
 
 PFPASCAL_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -170,6 +170,7 @@ class PFPascal(PairDataset):
         if not visible.any():
             raise UserError(f"{self.split_file()}:{rec.extra['line']}: no keypoint is visible in both "
                             f"{src_path.name} and {trg_path.name}")
+        check_box(trg_box, str(trg_path), "bbox")
         return {"src_kps": src_kps[visible].astype(np.float32),
                 "trg_kps": trg_kps[visible].astype(np.float32), "src_bbox": src_box, "trg_bbox": trg_box}
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from configs.runtime import UserError
 from data.io import parse_float, read_csv_rows
-from data.registry import PairDataset, PairRecord, check_kps, extent_box, register
+from data.registry import PairDataset, PairRecord, check_box, check_kps, extent_box, register
 
 PFWILLOW_CLASSES = ["car(G)", "car(M)", "car(S)", "duck(S)", "motorbike(G)", "motorbike(M)", "motorbike(S)",
                     "winebottle(M)", "winebottle(wC)", "winebottle(woC)"]
@@ -20,6 +20,9 @@ HEADER = (["imageA", "imageB"] + [f"{c}{i}" for c in ("XA", "YA", "XB", "YB") fo
 def parse_image_path(cell: str, path: Path, line: int, column: str) -> tuple[str, str]:
     """`PF-dataset/car(G)/Cars_006a.png` -> ("car(G)", "car(G)/Cars_006a.png") (first component dropped)."""
     parts = [p for p in cell.replace("\\", "/").split("/") if p]
+    if cell.startswith(("/", "\\")) or ":" in cell or any(p in (".", "..") for p in parts):
+        raise UserError(f"{path}:{line}: column {column} {cell!r} leaves the dataset folder (absolute, drive "
+                        f"or '..' path); refused")
     if len(parts) < 3 or parts[-2] not in PFWILLOW_CLASSES:
         raise UserError(f"{path}:{line}: column {column} {cell!r} is not <folder>/<sub-class>/<image> with a "
                         f"sub-class among {', '.join(PFWILLOW_CLASSES)}")
@@ -58,6 +61,7 @@ class PFWillow(PairDataset):
                               dtype=np.float32).reshape(4, NUM_KPS)
             src_kps, trg_kps = coords[0:2].T.copy(), coords[2:4].T.copy()
             check_kps(src_kps, trg_kps, f"{path}:{line}")
+            check_box(extent_box(trg_kps), f"{path}:{line}", "target keypoint extent")
             stem_a, stem_b = Path(src_name).stem, Path(trg_name).stem
             records.append(PairRecord(f"{sub_a}/{stem_a}-{stem_b}", src_name, trg_name, sub_a,
                                       PFWILLOW_CLASSES.index(sub_a),

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from configs.runtime import UserError
+from configs.runtime import UserError, get_logger
 from data.io import read_rgb_uint8
 
 DATASETS: dict[str, type[PairDataset]] = {}
@@ -170,7 +170,18 @@ class PairDataset(torch.utils.data.Dataset):
                 sample[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
             else:
                 sample[key] = value
+        self._warn_outside(sample)
         return sample
+
+    def _warn_outside(self, sample: dict[str, Any]) -> None:
+        """Warn, naming the pair, about keypoints lying more than a few pixels outside their image."""
+        for side in ("src", "trg"):
+            n = keypoints_outside(sample[f"{side}_kps"], sample[f"{side}_img"])
+            if n:
+                size = tuple(sample[f"{side}_img"].shape[-2:][::-1])
+                get_logger("data").warning("%s pair %s: %d %s keypoint(s) lie more than %g px outside the "
+                                           "%dx%d image", self.name, sample["pair_name"], n, side,
+                                           KPS_MARGIN_PX, *size)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, pairs={len(self)})"
@@ -184,6 +195,28 @@ def check_kps(src: np.ndarray, trg: np.ndarray, where: str) -> None:
         raise UserError(f"{where}: no keypoint is visible in both images")
     if not (np.isfinite(src).all() and np.isfinite(trg).all()):
         raise UserError(f"{where}: non-finite keypoint coordinates")
+
+
+def check_box(box: np.ndarray, where: str, what: str = "box") -> None:
+    """A PCK reference box (x1, y1, x2, y2) must be finite, not inverted, and not a single point."""
+    box = np.asarray(box, dtype=np.float64)
+    if box.shape != (4,) or not np.isfinite(box).all():
+        raise UserError(f"{where}: {what} {box.tolist()} is not four finite numbers")
+    width, height = box[2] - box[0], box[3] - box[1]
+    if width < 0 or height < 0:
+        raise UserError(f"{where}: {what} {box.tolist()} is inverted (x2 < x1 or y2 < y1)")
+    if max(width, height) <= 0:
+        raise UserError(f"{where}: {what} {box.tolist()} is a single point, so the PCK threshold would be 0")
+
+
+KPS_MARGIN_PX = 5.0  # keypoints may sit this far outside the image (annotation rounding) without a warning
+
+
+def keypoints_outside(kps: torch.Tensor, img: torch.Tensor, margin: float = KPS_MARGIN_PX) -> int:
+    """How many (x, y) keypoints lie more than `margin` pixels outside an image (3, H, W)."""
+    h, w = img.shape[-2:]
+    x, y = kps[:, 0], kps[:, 1]
+    return int(((x < -margin) | (y < -margin) | (x > w - 1 + margin) | (y > h - 1 + margin)).sum())
 
 
 def build_dataset(name: str, root: str | Path | None = None, split: str = "test",

@@ -13,7 +13,7 @@ import numpy as np
 
 from configs.runtime import UserError
 from data.io import read_json
-from data.registry import PairDataset, PairRecord, check_kps, register
+from data.registry import PairDataset, PairRecord, check_box, check_kps, register
 
 SPAIR_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "dog",
                  "horse", "motorbike", "person", "pottedplant", "sheep", "train", "tvmonitor"]
@@ -41,6 +41,13 @@ def parse_layout(path: str | Path) -> list[tuple[str, str, str, str]]:
                             f"18 SPair-71k categories")
         out.append((line, m.group(2), m.group(3), m.group(4)))
     return out
+
+
+def difficulty_flag(value: Any, key: str, path: Path) -> int:
+    """A difficulty flag must be an integer (JSON 0, 1, 2; a float with an integer value is accepted)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise UserError(f"{path}: field {key} is not an integer ({value!r})")
+    return int(value)
 
 
 @register("spair")
@@ -99,10 +106,7 @@ class SPair(PairDataset):
         ann = self.pair_json(i)
         path = self.annotation_path(i)
         for key in DIFFICULTY_KEYS:
-            try:
-                meta[key] = int(ann[key])
-            except (TypeError, ValueError):
-                raise UserError(f"{path}: field {key} is not an integer ({ann[key]!r})") from None
+            meta[key] = difficulty_flag(ann[key], key, path)
         return meta
 
     def _annotation(self, i: int) -> dict[str, Any]:
@@ -114,14 +118,15 @@ class SPair(PairDataset):
             except (TypeError, ValueError) as err:
                 raise UserError(f"{path}: field {key} is malformed ({err})") from None
             if key.endswith("kps"):
-                ok = arr.size == 0 or (arr.ndim == 2 and arr.shape[1] == 2)
-                arr = arr.reshape(-1, 2)
+                ok = (arr.ndim == 1 and arr.size == 0) or (arr.ndim == 2 and arr.shape[1] == 2)
             else:
                 ok = arr.shape == (4,)
-            if not ok:
+            if not ok:  # checked before any reshape: null, rows of 3, ... are named, not reshaped
                 raise UserError(f"{path}: field {key} has shape {tuple(arr.shape)} "
                                 f"(expected {'(K, 2)' if key.endswith('kps') else '(4,)'})")
-            arrays[key] = arr
+            arrays[key] = arr.reshape(-1, 2) if key.endswith("kps") else arr
         check_kps(arrays["src_kps"], arrays["trg_kps"], str(path))
+        check_box(arrays["src_bndbox"], str(path), "src_bndbox")
+        check_box(arrays["trg_bndbox"], str(path), "trg_bndbox")
         return {"src_kps": arrays["src_kps"], "trg_kps": arrays["trg_kps"],
                 "src_bbox": arrays["src_bndbox"], "trg_bbox": arrays["trg_bndbox"]}

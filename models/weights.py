@@ -43,11 +43,28 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, zip errors, disallowed globals: all mean "not usable"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot read checkpoint {path} with weights_only=True: {first[:200]}") from err
+        why = load_failure(err)
+        raise UserError(f"cannot read checkpoint {path} with weights_only=True: {why}") from err
     if not isinstance(obj, dict):
         raise UserError(f"checkpoint {path} holds a {type(obj).__name__}, expected {_EXPECTED}")
     return obj
+
+
+def load_failure(err: BaseException) -> str:
+    """Why `torch.load(weights_only=True)` refused a file, in a few words (the blocked global's name kept)."""
+    text = str(err).strip()
+    blocked = re.search(r"GLOBAL ([\w.]+)", text)
+    if blocked:
+        return f"it needs the global {blocked.group(1)}, which weights_only loading refuses (untrusted code)"
+    return (text.splitlines()[0] if text else type(err).__name__)[:200]
+
+
+def check_finite_weights(state_dict: dict[str, Any], source: str) -> None:
+    """One-line `UserError` naming the checkpoint and the first tensor holding NaN or infinity."""
+    for key, value in state_dict.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UserError(f"{source}: tensor {key} holds NaN or infinite values (a diverged or corrupt "
+                            f"checkpoint); use another checkpoint")
 
 
 def _is_tensor_dict(d: Any) -> bool:
@@ -153,7 +170,8 @@ def imagenet_state_dict(arch: str, timeout_s: float = 10.0) -> tuple[dict[str, t
         socket.setdefaulttimeout(timeout_s)
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(url, str(cached), progress=False)
+            torch.hub.download_url_to_file(url, str(cached), hash_prefix=torchvision_hash_prefix(url),
+                                           progress=False)
         except Exception as err:
             raise UserError(hint) from err
         finally:
@@ -163,7 +181,12 @@ def imagenet_state_dict(arch: str, timeout_s: float = 10.0) -> tuple[dict[str, t
     except Exception as err:
         raise UserError(f"cached ImageNet weights {cached} are unreadable; delete it and retry") from err
     return sd, {"weights": "imagenet", "name": f"{arch}.IMAGENET1K_V1", "url": url, "file": str(cached),
-                "sha256": file_digest(cached), "sha256_prefix": Path(url).stem.rsplit("-", 1)[-1]}
+                "sha256": file_digest(cached), "sha256_prefix": torchvision_hash_prefix(url)}
+
+
+def torchvision_hash_prefix(url: str) -> str:
+    """torchvision file names end in the first hex digits of their sha256: `resnet50-0676ba61.pth`."""
+    return Path(urlparse(url).path).stem.rsplit("-", 1)[-1]
 
 
 def load_resnet(backbone: str = "auto", weights: str = "imagenet", seed: int = 0
@@ -201,6 +224,7 @@ def load_resnet(backbone: str = "auto", weights: str = "imagenet", seed: int = 0
         source = str(path)
         record = {"weights": str(path), "kind": kind, "sha256": file_digest(path),
                   "step": ckpt.get("step") if isinstance(ckpt.get("step"), int) else None}
+    check_finite_weights(sd, source)
     model = build_resnet(arch)
     model.fc = head_for(sd)
     try:

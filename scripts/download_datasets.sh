@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Fetch PF-PASCAL, PF-WILLOW and SPair-71k into the HPF/SCOT layout (see ../shared/reference/datasets.md).
+# Fetch PF-PASCAL, PF-WILLOW and SPair-71k into the HPF/SCOT layout (README: Data).
 #   bash scripts/download_datasets.sh [--only pfpascal|pfwillow|spair]... [--root Datasets_SCOT] [--dry-run]
 # Google Drive tarballs first (gdown when installed), then the official archives. ImageNet: printed help only.
+# Transfers must match Content-Length; archives are size- and member-capped, links refused (docs/robustness.md).
+# One failed benchmark does not stop the others; the exit status is 1 if any failed.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ -z "${PYTHON:-}" ]]; then

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fetch the ImageNet MoCo checkpoint named in method.md §7 into pretrained_models/ (the authors' moco.pth.tar,
+# Fetch the ImageNet MoCo checkpoint of the paper's initialisation into pretrained_models/ (the authors' moco.pth.tar,
 # else the public MoCo v1 200-epoch model); pretrained_models/fetched.yaml records which file was used.
 #   bash scripts/download_pretrained.sh [--target moco] [--out pretrained_models] [--dry-run]
 set -euo pipefail

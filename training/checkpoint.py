@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from configs.runtime import UserError, atomic_torch_save, git_sha
-from models.weights import OURS_FORMAT, encoder_state_dict, infer_arch, read_checkpoint
+from models.weights import OURS_FORMAT, check_finite_weights, encoder_state_dict, infer_arch, read_checkpoint
 
 FORMAT = OURS_FORMAT  # "contrastive-correspondence/v1"
 STEP_FILE = re.compile(r"^step_(\d{7,})\.pth$")
@@ -58,6 +58,7 @@ def save_checkpoint(ckpt: dict[str, Any], ckpt_dir: str | Path, keep_last: int) 
         raise ValueError("keep_last must be >= 1")
     ckpt_dir = Path(ckpt_dir)
     path = ckpt_dir / f"step_{int(ckpt['step']):07d}.pth"
+    check_finite_weights(ckpt["state_dict"], f"refusing to save {path}")  # never write diverged weights
     atomic_torch_save(ckpt, path)
     atomic_torch_save(ckpt, ckpt_dir / "last.pth")
     for old in step_checkpoints(ckpt_dir)[:-keep_last]:
@@ -145,6 +146,7 @@ def split_checkpoint(ckpt: dict[str, Any], path: str | Path) -> tuple[str, dict[
     the extras are the remaining MoCo-layout entries with `module.` stripped (empty for torchvision files).
     """
     enc_q, _, kind = encoder_state_dict(ckpt, str(path))
+    check_finite_weights(enc_q, str(path))
     extras: dict[str, torch.Tensor] = {}
     inner = ckpt.get("state_dict")
     if kind in ("moco", "ours") and isinstance(inner, dict):

@@ -1,7 +1,7 @@
 """Train image-level MoCo + pixel-level cycle-contrastive features.
 
     python training/train.py --config configs/train/pfpascal_r50.yaml [--output-dir DIR] \
-        [--resume auto|PATH] [--device auto|cpu|cuda] [key.sub=value ...]
+        [--resume auto|PATH | --overwrite] [--device auto|cpu|cuda] [key.sub=value ...]
     torchrun --nproc_per_node=8 training/train.py --config ...
 """
 
@@ -26,7 +26,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="YAML preset, e.g. configs/train/pfpascal_r50.yaml")
     parser.add_argument("--output-dir", default=None, help="run folder (default runs/<run name>)")
     parser.add_argument("--resume", default=None,
-                        help="'auto' = newest checkpoint in the run folder (fresh start if none), or a path")
+                        help="'auto' = newest valid checkpoint of this run (fresh start if none), or a path")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="move an existing run in the run folder aside (to <folder>.old-<time>) first")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     return parser
@@ -35,10 +37,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_intermixed_args(argv)  # overrides may come before or after flags
     from training.config import load_train_config
+    from training.run_dir import check_train_settings
     from training.trainer import train
 
     cfg = load_train_config(args.config, args.overrides)
-    summary = train(cfg, args.output_dir, resume=args.resume, device=args.device, preset=args.config)
+    check_train_settings(cfg, args.overrides, args.config)
+    summary = train(cfg, args.output_dir, resume=args.resume, device=args.device, preset=args.config,
+                    overwrite=args.overwrite)
     metrics = summary["last_metrics"]
     shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in ("loss", "loss_moco", "loss_cycle", "moco_top1")
                       if isinstance(metrics.get(k), float))

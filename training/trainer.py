@@ -36,7 +36,6 @@ from configs.schema import config_to_dict
 from models.contrastive import ContrastiveCorrespondence
 from training.checkpoint import (
     build_checkpoint,
-    find_resume_checkpoint,
     init_from_checkpoint,
     read_checkpoint,
     restore_training_state,
@@ -47,6 +46,7 @@ from training.data import TrainingData, build_training_data
 from training.gradients import accumulate_term_gradients, all_reduce_gradients
 from training.health import ChanceWatch, moco_chance_loss, setup_warnings
 from training.logging import MetricsLogger
+from training.run_dir import open_run_folder
 from training.samplers import stream_seed
 from training.schedule import build_lr_schedule
 
@@ -105,13 +105,14 @@ def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 def train(cfg: TrainConfig, output_dir: str | Path | None = None, resume: str | None = None,
           device: str = "auto", preset: str | Path | None = None,
-          info: DistInfo | None = None) -> dict[str, Any]:
+          info: DistInfo | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Run (or continue) training; returns a summary dict (final step, last metrics, checkpoint path)."""
     info = info or init_distributed(device)
     log = get_logger("train", info)
     name = cfg.run_name(preset)
     out_dir = Path(output_dir) if output_dir else Path("runs") / name
     ckpt_dir = out_dir / "checkpoints"
+    run = open_run_folder(out_dir, resume, overwrite, cfg.checkpoint.keep_last, info, log)  # run_dir.py rules
     seed_everything(cfg.seed)
     numerics = set_faithful_numerics(info.device, cfg.fast)  # no TF32 unless cfg.fast
     if info.device.type == "cuda":
@@ -133,7 +134,7 @@ def train(cfg: TrainConfig, output_dir: str | Path | None = None, resume: str | 
 
     # -------------------------------------------------------------------------------------- networks
     model = ContrastiveCorrespondence(cfg.moco, cfg.cycle, generator=queue_generator(cfg.seed))
-    resume_path = find_resume_checkpoint(resume, out_dir)
+    resume_path = run.resume_path
     init_report = None
     if resume_path is None and cfg.init.kind == "checkpoint":
         init_report = init_from_checkpoint(model, cfg.init.checkpoint, load_queue=cfg.init.load_queue)
@@ -193,7 +194,7 @@ def train(cfg: TrainConfig, output_dir: str | Path | None = None, resume: str | 
         path = None
         if info.is_main:
             ckpt = build_checkpoint(model, cfg.moco.arch, optimizer, scaler, epoch_of_next, step, config_dict)
-            path = save_checkpoint(ckpt, ckpt_dir, cfg.checkpoint.keep_last)
+            path = save_checkpoint({**ckpt, "run_id": run.run_id}, ckpt_dir, cfg.checkpoint.keep_last)
         barrier(info)
         return path
 

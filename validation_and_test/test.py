@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,18 +24,24 @@ import torch  # noqa: E402
 
 from configs import REPO_ROOT  # noqa: E402
 from configs.runtime import (  # noqa: E402
+    COMPLETE_KEY,
     UserError,
     atomic_write_json,
     atomic_write_text,
+    check_writable_dir,
+    claim_output_dir,
     get_logger,
     git_sha,
     init_distributed,
     package_versions,
+    release_output_dir,
     run_cli,
     set_faithful_numerics,
+    unique_suffix,
     write_run_metadata,
 )
 from configs.schema import build_config, config_to_dict, load_yaml  # noqa: E402
+from configs.validate import check_values  # noqa: E402
 from validation_and_test.config import EvalConfig, preset_path  # noqa: E402
 
 DATASET_CHOICES = ("pfpascal", "pfwillow", "spair", "demo")
@@ -95,24 +101,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output-dir", dest="output_dir", default=d, help="default runs/eval/<dataset>-<time>")
     run.add_argument("--vis-dir", dest="vis_dir", default=d, help="write PNGs of the pairs here")
     run.add_argument("--config", default=None, help="YAML preset replacing configs/eval/<dataset>.yaml")
+    run.add_argument("--overwrite", action="store_true", help="replace a complete result in --output-dir")
     return p
 
 
 def resolve_config(args: argparse.Namespace) -> tuple[EvalConfig, str, bool]:
     """(config, preset file, ids given on the command line)."""
     flags = {k: getattr(args, k) for k in _FLAG_KEYS if hasattr(args, k)}
+    check_values(flags, "command line")
     if args.config is not None:
         path = Path(args.config)
         data = load_yaml(path)
     else:
         path = preset_path(flags.get("dataset", EvalConfig.dataset))
         data = load_yaml(path) if path.is_file() else {}
+    check_values(data, str(path))
     data.update(flags)
     return build_config(EvalConfig, data, source=str(path)), str(path), "hyperpixel" in flags
 
 
 def default_output_dir(dataset: str) -> Path:
-    return REPO_ROOT / "runs" / "eval" / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return REPO_ROOT / "runs" / "eval" / f"{dataset}-{unique_suffix()}"
 
 
 def per_pair_csv(rows: list[dict[str, Any]], alphas: Sequence[float]) -> str:
@@ -151,8 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (cfg.backbone not in ("auto", cfg.preset_backbone)) and not ids_given:
         raise UserError(f"{preset} holds hyperpixel ids for {cfg.preset_backbone}, not {cfg.backbone}: give "
                         f"--hyperpixel explicitly (ids mean different blocks) or use a {cfg.backbone} preset")
-
-
+    out_dir = prepare_outputs(cfg, getattr(args, "overwrite", False))
     from data import build_dataset
     from models.backbone import HyperpixelBackbone, validate_ids
     from models.weights import load_resnet
@@ -186,7 +194,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                       num_workers=cfg.num_workers, progress=True, on_pair=on_pair)
     if not info.is_main:
         return 0
-    out_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg.dataset)
     summary = result.summary
     results = {
         "dataset": cfg.dataset, "split": cfg.split, "n_pairs": result.n_pairs, "thres": thres,
@@ -207,14 +214,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "world_size": info.world_size, "preset": preset, "config": config_to_dict(cfg),
         "timings": result.timings, "git_sha": git_sha(), "versions": package_versions(),
     }
-    atomic_write_json(out_dir / "results.json", results)
     atomic_write_text(out_dir / "per_pair.csv", per_pair_csv(result.rows, cfg.alpha))
     write_run_metadata(out_dir, config_to_dict(cfg))
+    atomic_write_json(out_dir / "results.json", {**results, COMPLETE_KEY: True})  # last: marks completion
+    release_output_dir(out_dir)
     print(format_table(results))
     if result.n_uncovered:
         log.info("%d keypoints had no source box around them (counted wrong)", result.n_uncovered)
     log.info("results in %s (%.1f ms/pair)", out_dir, result.timings.get("ms_per_pair", float("nan")))
     return 0
+
+
+def prepare_outputs(cfg: EvalConfig, overwrite: bool) -> Path:
+    """Claim the output folder (and check --vis-dir) before any work; returns the output folder.
+    Under torchrun only rank 0 writes results, so only it claims the folder."""
+    if os.environ.get("RANK", "0") != "0":
+        return Path(cfg.output_dir or ".")
+    if cfg.vis_dir:
+        check_writable_dir(cfg.vis_dir, "--vis-dir")
+    return claim_output_dir(cfg.output_dir or default_output_dir(cfg.dataset), overwrite)
 
 
 def _visualiser(cfg: EvalConfig, rank: int, world_size: int):
