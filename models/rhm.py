@@ -10,7 +10,9 @@ SCOT/HPF behaviours kept: one translation space, 8192 cells, the 7x7 Gaussian, b
 offsets divided by delta (a Python float) then truncated, confidence = votes * smoothed histogram.
 Changed: the histogram is built by a float64 scatter (`index_add_` on CPU, sort + segment sum on
 CUDA: deterministic) instead of the original's dense Ns x n_bins float32 buffer (equal up to
-float32 summation order: the bins' sums differ in the last bits at most); any device.
+float32 summation order: the bins' sums differ in the last bits at most); any device. Bin ids are int32
+when they fit (half the memory traffic of int64), and `regularized_hough_matching(..., inplace=True)`
+writes the confidence into the votes' buffer (same values).
 """
 
 from __future__ import annotations
@@ -50,11 +52,12 @@ def _grid_axes(centers: Tensor) -> tuple[Tensor, Tensor] | None:
 
 
 def hough_bins(src_centers: Tensor, trg_centers: Tensor, src_size: Sequence[float],
-               trg_size: Sequence[float], ncells: int = 8192) -> tuple[Tensor, tuple[int, int]]:
+               trg_size: Sequence[float], ncells: int = 8192, dtype: torch.dtype = torch.int64
+               ) -> tuple[Tensor, tuple[int, int]]:
     """Hough bin of every (source, target) pair.
 
     src_centers (Ns, 2), trg_centers (Nt, 2): box centres (x, y) in resized pixels; sizes (W, H).
-    Returns (bins int64 (Ns, Nt) in [0, ny * nx), (ny, nx)). Bins come from float32 offsets
+    Returns (bins `dtype` (default int64) (Ns, Nt) in [0, ny * nx), (ny, nx)). Bins come from float32 offsets
     ((W_s - c_x) + d_x) / delta truncated, per axis; for row-major grids of centres (the hyperpixel
     case) the per-axis bins are computed on the small (w_s, w_t) and (h_s, h_t) tables and broadcast
     (same float32 operations per element, one int64 buffer).
@@ -66,8 +69,8 @@ def hough_bins(src_centers: Tensor, trg_centers: Tensor, src_size: Sequence[floa
     src_axes, trg_axes = _grid_axes(src), _grid_axes(trg)
     if src_axes is not None and trg_axes is not None:
         (sy, sx), (ty, tx) = src_axes, trg_axes
-        bins_x = torch.add((ref[0] - sx)[:, None], tx[None, :]).div_(delta).long()  # (w_s, w_t)
-        bins_y = torch.add((ref[1] - sy)[:, None], ty[None, :]).div_(delta).long().mul_(nx)  # (h_s, h_t)
+        bins_x = torch.add((ref[0] - sx)[:, None], tx[None, :]).div_(delta).to(dtype)  # (w_s, w_t)
+        bins_y = torch.add((ref[1] - sy)[:, None], ty[None, :]).div_(delta).to(dtype).mul_(nx)  # (h_s, h_t)
         hs, ws, ht, wt = len(sy), len(sx), len(ty), len(tx)
         bins = torch.add(bins_y.view(hs, 1, ht, 1), bins_x.view(1, ws, 1, wt))
         return bins.view(hs * ws, ht * wt), (ny, nx)
@@ -75,7 +78,7 @@ def hough_bins(src_centers: Tensor, trg_centers: Tensor, src_size: Sequence[floa
     bins = torch.add(src_ref[:, 0, None], trg[None, :, 0]).div_(delta).long()
     bins_y = torch.add(src_ref[:, 1, None], trg[None, :, 1]).div_(delta).long()
     bins.add_(bins_y.mul_(nx))
-    return bins, (ny, nx)
+    return bins.to(dtype), (ny, nx)
 
 
 def hough_histogram(votes: Tensor, bins: Tensor, n_bins: int,
@@ -96,7 +99,7 @@ def hough_histogram(votes: Tensor, bins: Tensor, n_bins: int,
             hist.index_add_(0, flat_bins[start:stop], flat_votes[start:stop].double())
     elif method == "sorted":
         order = torch.argsort(flat_bins, stable=True)
-        counts = torch.bincount(flat_bins, minlength=n_bins)
+        counts = torch.bincount(flat_bins.long(), minlength=n_bins)
         hist = torch.segment_reduce(flat_votes[order].double(), "sum", lengths=counts, unsafe=True)
     else:
         raise ValueError(f"unknown histogram method {method!r}")
@@ -122,12 +125,16 @@ def smooth_histogram(hist: Tensor, ny: int, nx: int) -> Tensor:
 
 def regularized_hough_matching(votes: Tensor, src_centers: Tensor, trg_centers: Tensor,
                                src_size: Sequence[float], trg_size: Sequence[float],
-                               ncells: int = 8192) -> Tensor:
+                               ncells: int = 8192, inplace: bool = False) -> Tensor:
     """RHM confidence C (Ns, Nt) = V * H~[bins] for votes V (Ns, Nt) (OT votes or cosine powers).
 
-    Centres (N, 2) and sizes (W, H) in resized-image pixels. `votes` is not modified.
+    Centres (N, 2) and sizes (W, H) in resized-image pixels. `votes` is overwritten by C when `inplace`,
+    else left untouched.
     """
-    bins, (ny, nx) = hough_bins(src_centers, trg_centers, src_size, trg_size, ncells)
+    n_bins = hough_space_shape(src_size, trg_size, ncells)
+    dtype = torch.int32 if n_bins[0] * n_bins[1] < 2**31 else torch.int64
+    bins, (ny, nx) = hough_bins(src_centers, trg_centers, src_size, trg_size, ncells, dtype)
     hist = hough_histogram(votes, bins, ny * nx)
-    smoothed = smooth_histogram(hist, ny, nx)
-    return smoothed[bins].mul_(votes)
+    gathered = smooth_histogram(hist, ny, nx).index_select(0, bins.view(-1)).view(bins.shape)
+    del bins
+    return votes.mul_(gathered) if inplace else gathered.mul_(votes)  # V * H~ == H~ * V exactly
