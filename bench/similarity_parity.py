@@ -49,11 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hyperpixel", type=parse_ids, default=None, help="default: the dataset preset's ids")
     p.add_argument("--every", type=int, default=1, help="every k-th pair of the split")
     p.add_argument("--max-pairs", type=int, default=None)
+    p.add_argument("--long-side", type=int, default=None, help="resize target (default: the preset's, 300)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args(argv)
     preset = str(preset_path(args.dataset))
     cfg, _, _ = resolve_config(argparse.Namespace(config=preset, dataset=args.dataset))
+    if args.long_side:
+        cfg = replace(cfg, long_side=args.long_side)
     device = resolve_device(args.device)
     set_faithful_numerics(device)
     dataset = build_dataset(args.dataset, args.datapath, cfg.split)
@@ -69,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, matcher in (("dense", dense), ("factorised", fact)):
         results[name] = evaluate(matcher, dataset, ids, cfg.alpha, cfg.thres, indices=indices, progress=True)
     figures = {"dataset": args.dataset, "weights": record, "arch": arch, "ids": list(ids),
+               "long_side": cfg.long_side, "feature_cache": results["dense"].cache,
                **compare(results["dense"].rows, results["factorised"].rows, cfg.alpha),
                "pck_dense": results["dense"].summary["pck"],
                "pck_factorised": results["factorised"].summary["pck"],
