@@ -1,13 +1,20 @@
-"""Evaluation speed: per-stage time and peak memory per pair, ours vs. a direct re-statement of the reference.
+"""Evaluation speed: per-stage time and peak memory per pair, three implementations side by side.
 
     python bench/eval_speed.py --device cpu --pairs 3
     python bench/eval_speed.py --device cuda --pairs 20 --end-to-end 299
 
 Generated look-alike pairs (bundled scikit-image photos cropped/resized to benchmark image sizes, target =
-shifted, recoloured copy): never a test, never real data. Stages: features (backbone + hyper-image),
-CAM, OT (cosine + Sinkhorn + exp2), RHM, transfer. The reference re-statement uses the original's dense
-plan products diag(a) K diag(b) and its dense (Ns x n_bins) Hough buffer. `--end-to-end N` times the full
-`evaluate()` over N PF-PASCAL-sized pairs decoded from JPEG files (image loading included).
+shifted, recoloured copy): never a test, never real data. Columns, measured in one run with the pairs
+interleaved (the column order rotates from pair to pair, so a shared CPU's load falls on all of them):
+- `reference`: a direct re-statement of the reference algorithm: dense (N, D) hyperpixels, the original's
+  dense plan products diag(a) K diag(b) and its dense (Ns x n_bins) Hough buffer;
+- `before`: this project's matcher before the factorised similarity: dense hyperpixels and cosine, a fresh
+  kernel buffer in OT, int64 Hough bins and an indexed gather;
+- `ours`: the current `Matcher` (factorised similarity, in-place OT and RHM).
+Stages: features (backbone + hyperpixel assembly), CAM, similarity, OT (kernel, Sinkhorn, exp2), RHM,
+transfer. The backbone and CAM passes are shared (run once per image, timed once). Peak memory of each
+column's matching is measured in a fresh child process that loads the saved block maps (`--memory`).
+`--end-to-end N` times the full `evaluate()` over N PF-PASCAL-sized pairs decoded from JPEG files.
 """
 
 from __future__ import annotations
@@ -15,9 +22,11 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,7 +38,7 @@ import torch.nn.functional as F  # noqa: E402
 from configs.runtime import resolve_device, set_faithful_numerics, synchronize  # noqa: E402
 from models.backbone import HyperpixelBackbone  # noqa: E402
 from models.geometry import transfer_keypoints  # noqa: E402
-from models.rhm import gaussian_filter_7x7, hough_bins, regularized_hough_matching  # noqa: E402
+from models.rhm import gaussian_filter_7x7, hough_bins, hough_histogram, smooth_histogram  # noqa: E402
 from models.sinkhorn import cosine_similarity, ot_votes  # noqa: E402
 from models.weights import load_resnet  # noqa: E402
 from validation_and_test.evaluate import Matcher, MatchSettings, evaluate  # noqa: E402
@@ -37,7 +46,9 @@ from validation_and_test.preprocess import scale_keypoints  # noqa: E402
 
 SIZES = {"pfwillow": [(225, 300)], "pfpascal": [(375, 500), (333, 500), (500, 375), (281, 500)],
          "spair": [(375, 500), (500, 333), (334, 500), (500, 500)]}
-STAGES = ("features", "cam", "ot", "rhm", "transfer")
+STAGES = ("features", "cam", "similarity", "ot", "rhm", "transfer")
+MATCH_STAGES = ("similarity", "ot", "rhm")
+COLUMNS = ("reference", "before", "ours")
 
 
 def look_alike_pair(index: int, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
@@ -58,32 +69,69 @@ def look_alike_pair(index: int, hw: tuple[int, int]) -> tuple[torch.Tensor, torc
     return src, trg, kps, kps + torch.tensor([dx, dy], dtype=torch.float32)
 
 
-def reference_votes_and_rhm(sim: torch.Tensor, mu: torch.Tensor, nu: torch.Tensor, src_c: torch.Tensor,
-                            trg_c: torch.Tensor, src_size, trg_size, eps: float, exp2: float,
-                            times: dict[str, float]) -> torch.Tensor:
+class _Clock:
+    """Adds the seconds of consecutive laps to `times[stage]` (device synchronised)."""
+
+    def __init__(self, times: dict[str, float], device: torch.device):
+        self.times, self.device = times, device
+        synchronize(device)
+        self.t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        synchronize(self.device)
+        now = time.perf_counter()
+        self.times[stage] += now - self.t
+        self.t = now
+
+
+def _match_reference(src, trg, mu, nu, st: MatchSettings, clock: _Clock) -> torch.Tensor:
     """The reference algorithm restated: dense diag(a) K diag(b) products, dense (Ns, n_bins) Hough buffer."""
-    device = sim.device
-    synchronize(device)
-    t0 = time.perf_counter()
+    sim = cosine_similarity(src.feats, trg.feats)
+    clock.lap("similarity")
     cost = 1 - sim.clamp(min=0)
-    kernel = torch.exp(-cost / eps)
+    kernel = torch.exp(-cost / st.eps)
     a = torch.ones_like(mu) / mu.shape[0]
     b = nu / (kernel.t() @ a)
     a = mu / (kernel @ b)
     plan = torch.diag(a) @ kernel @ torch.diag(b)
-    votes = (plan * mu.shape[0]).clamp(min=0).pow(exp2)
-    synchronize(device)
-    t1 = time.perf_counter()
-    bins, (ny, nx) = hough_bins(src_c, trg_c, src_size, trg_size)
-    dense = torch.zeros(votes.shape[0], ny * nx, dtype=votes.dtype, device=device)
+    votes = (plan * mu.shape[0]).clamp(min=0).pow(st.exp2)
+    del sim, cost, kernel, plan
+    clock.lap("ot")
+    bins, (ny, nx) = hough_bins(src.centers, trg.centers, src.size, trg.size)
+    dense = torch.zeros(votes.shape[0], ny * nx, dtype=votes.dtype, device=votes.device)
     dense.scatter_add_(1, bins, votes)
     hist = dense.sum(0)
-    gauss = gaussian_filter_7x7(device).view(1, 1, 7, 7)
+    gauss = gaussian_filter_7x7(votes.device).view(1, 1, 7, 7)
     smoothed = F.conv2d(hist.view(1, 1, ny, nx), gauss, padding=3).view(-1)
     conf = votes * smoothed[bins]
-    synchronize(device)
-    times["ot"] += t1 - t0
-    times["rhm"] += time.perf_counter() - t1
+    clock.lap("rhm")
+    return conf
+
+
+def _match_before(src, trg, mu, nu, st: MatchSettings, clock: _Clock) -> torch.Tensor:
+    """This project's matching before the factorised similarity (same numbers as `--similarity dense`)."""
+    sim = cosine_similarity(src.feats, trg.feats)
+    clock.lap("similarity")
+    votes = ot_votes(sim, mu, nu, eps=st.eps, exp2=st.exp2, n_iters=st.sinkhorn_iters, solver=st.solver)
+    del sim
+    clock.lap("ot")
+    bins, (ny, nx) = hough_bins(src.centers, trg.centers, src.size, trg.size)  # int64
+    conf = smooth_histogram(hough_histogram(votes, bins, ny * nx), ny, nx)[bins].mul_(votes)
+    clock.lap("rhm")
+    return conf
+
+
+def _match_ours(src, trg, mu, nu, st: MatchSettings, clock: _Clock, matcher: Matcher) -> torch.Tensor:
+    sim = matcher.similarity(src, trg)
+    clock.lap("similarity")
+    votes = ot_votes(sim, mu, nu, eps=st.eps, exp2=st.exp2, n_iters=st.sinkhorn_iters, solver=st.solver,
+                     sim_again=lambda: matcher.similarity(src, trg))
+    del sim
+    clock.lap("ot")
+    from models.rhm import regularized_hough_matching
+
+    conf = regularized_hough_matching(votes, src.centers, trg.centers, src.size, trg.size, inplace=True)
+    clock.lap("rhm")
     return conf
 
 
@@ -93,75 +141,116 @@ def peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
 
 
-def _match_ours(src, trg, mu, nu, st, times: dict[str, float], device: torch.device) -> torch.Tensor:
-    synchronize(device)
-    t0 = time.perf_counter()
-    sim = cosine_similarity(src.feats, trg.feats)
-    votes = ot_votes(sim, mu, nu, eps=st.eps, exp2=st.exp2, n_iters=st.sinkhorn_iters, solver=st.solver)
-    del sim
-    synchronize(device)
-    t1 = time.perf_counter()
-    conf = regularized_hough_matching(votes, src.centers, trg.centers, src.size, trg.size)
-    synchronize(device)
-    times["ot"] += t1 - t0
-    times["rhm"] += time.perf_counter() - t1
-    return conf
+def _matchers(matcher: Matcher) -> dict[str, Matcher]:
+    """A matcher per column over the same backbone (dense hyperpixels for the two dense columns)."""
+    dense = Matcher(matcher.backbone, replace(matcher.settings, similarity="dense"), matcher.device,
+                    cache_mb=0)
+    return {"reference": dense, "before": dense, "ours": matcher}
 
 
-def _peak_reset(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+def match_column(column: str, matchers: dict[str, Matcher], blocks, ids, src_kps, times) -> torch.Tensor:
+    """Assemble the pair's hyperpixels for `column` and run its matching + transfer; stage times added."""
+    m = matchers[column]
+    st = m.settings
+    clock = _Clock(times, m.device)
+    src, trg = (m._assemble(b, ids) for b in blocks)
+    mu, nu = src.weights / src.weights.sum(), trg.weights / trg.weights.sum()
+    clock.lap("features")
+    if column == "ours":
+        conf = _match_ours(src, trg, mu, nu, st, clock, m)
+    else:
+        conf = (_match_reference if column == "reference" else _match_before)(src, trg, mu, nu, st, clock)
+    pred, _ = transfer_keypoints(conf, src.boxes, trg.boxes, scale_keypoints(src_kps.to(m.device), src.scale))
+    clock.lap("transfer")
+    return pred
 
 
-def bench_stages(matcher: Matcher, ids, pairs, reference: bool
-                 ) -> tuple[dict[str, float], dict[str, float] | None, float, float | None]:
-    """Per-pair stage times (s) averaged over `pairs` for ours and (interleaved, same features) the
-    reference matching; peak memory (MB) of each. Features and CAM are computed once and shared."""
-    device = matcher.device
-    st = matcher.settings
-    ours = dict.fromkeys(STAGES, 0.0)
-    ref = dict.fromkeys(STAGES, 0.0) if reference else None
-    ours_mem = ref_mem = 0.0
-    for src_img, trg_img, src_kps, _ in pairs:
-        _peak_reset(device)
-        feats = []
-        for img in (src_img, trg_img):
-            synchronize(device)
-            cam_before = matcher.timings["cam"]
-            t0 = time.perf_counter()
-            f = matcher._assemble(matcher._blocks(img, ids), ids)  # backbone + CAM map + hyper-image
-            synchronize(device)
-            cam = matcher.timings["cam"] - cam_before
-            ours["cam"] += cam
-            ours["features"] += time.perf_counter() - t0 - cam
-            feats.append(f)
-        src, trg = feats
-        kps = scale_keypoints(src_kps.to(device), src.scale)
-        mu = src.weights / src.weights.sum()
-        nu = trg.weights / trg.weights.sum()
-        runs = [(ours, False)] + ([(ref, True)] if ref is not None else [])
-        for times, is_ref in runs:
-            if is_ref:
-                _peak_reset(device)
-                sim = cosine_similarity(src.feats, trg.feats)
-                conf = reference_votes_and_rhm(sim, mu, nu, src.centers, trg.centers, src.size, trg.size,
-                                               st.eps, st.exp2, times)
-                del sim
-            else:
-                conf = _match_ours(src, trg, mu, nu, st, times, device)
-            t0 = time.perf_counter()
-            transfer_keypoints(conf, src.boxes, trg.boxes, kps)
-            synchronize(device)
-            times["transfer"] += time.perf_counter() - t0
-            del conf
-            if is_ref:
-                ref_mem = max(ref_mem, peak_mb(device))
-            else:
-                ours_mem = max(ours_mem, peak_mb(device))
-    if ref is not None:
-        ref["features"], ref["cam"] = ours["features"], ours["cam"]  # shared (same network passes)
-        ref = {k: v / len(pairs) for k, v in ref.items()}
-    return {k: v / len(pairs) for k, v in ours.items()}, ref, ours_mem, (ref_mem if reference else None)
+def bench_stages(matcher: Matcher, ids, pairs, columns=COLUMNS) -> dict[str, dict[str, float]]:
+    """Per-pair stage seconds per column, averaged over `pairs`; backbone and CAM shared (timed once)."""
+    matchers = _matchers(matcher)
+    times = {c: dict.fromkeys(STAGES, 0.0) for c in columns}
+    for k, (src_img, trg_img, src_kps, _) in enumerate(pairs):
+        shared = dict.fromkeys(STAGES, 0.0)
+        cam0 = matcher.timings["cam"]
+        clock = _Clock(shared, matcher.device)
+        blocks = [matcher._blocks(img, ids) for img in (src_img, trg_img)]
+        clock.lap("features")
+        shared["cam"] = matcher.timings["cam"] - cam0
+        shared["features"] -= shared["cam"]
+        order = columns[k % len(columns):] + columns[: k % len(columns)]
+        preds = {c: match_column(c, matchers, blocks, ids, src_kps, times[c]) for c in order}
+        for c in columns:
+            times[c]["features"] += shared["features"]
+            times[c]["cam"] += shared["cam"]
+        first = columns[-2] if len(columns) > 1 else columns[0]  # "before" (dense) vs "ours" (factorised)
+        if not torch.allclose(preds[first], preds[columns[-1]], equal_nan=True):
+            print(f"note: pair {k}: {first} and {columns[-1]} transfer some keypoints differently")
+    return {c: {s: v / len(pairs) for s, v in t.items()} for c, t in times.items()}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def memory_child(column: str, blocks_file: str, ids, backbone: str) -> None:
+    """Child process: load the saved block maps, match with `column` once while a thread samples the
+    resident set every millisecond; print RSS before matching and its peak during matching (MB)."""
+    import threading
+
+    model, arch, _ = load_resnet(backbone, "random", seed=0)
+    matcher = Matcher(HyperpixelBackbone(model, arch), MatchSettings(), "cpu", cache_mb=0)
+    blocks, src_kps = torch.load(blocks_file, weights_only=False)
+    before = peak = _rss_mb()
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss_mb())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    with torch.no_grad():
+        match_column(column, _matchers(matcher), blocks, ids, src_kps, dict.fromkeys(STAGES, 0.0))
+    done.set()
+    sampler.join()
+    print(f"{before:.0f} {peak:.0f}")
+
+
+def memory_table(matcher: Matcher, ids, pair, backbone: str) -> dict[str, tuple[float, float]]:
+    """(RSS before matching, peak RSS during it) in MB of each column's matching, each in a fresh process."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "blocks.pt"
+        with torch.no_grad():
+            torch.save(([matcher._blocks(img, ids) for img in pair[:2]], pair[2]), path)
+        for column in COLUMNS:
+            cmd = [sys.executable, __file__, "--memory-child", column, str(path), "--backbone", backbone,
+                   "--hyperpixel", ",".join(map(str, ids))]
+            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            before, peak = map(float, res.stdout.split()[-2:])
+            out[column] = (before, peak)
+    return out
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / max(b, 1e-9):>8.2f}"
+
+
+def print_table(times: dict[str, dict[str, float]]) -> None:
+    cols = list(times)
+    print(f"{'stage (ms)':<22}" + "".join(f"{c:>12}" for c in cols) + f"{'before/ours':>13}{'ref/ours':>10}")
+    rows = [(s, {c: times[c][s] for c in cols}) for s in STAGES]
+    rows.append(("matching (sim+OT+RHM)", {c: sum(times[c][s] for s in MATCH_STAGES) for c in cols}))
+    rows.append(("per pair", {c: sum(times[c].values()) for c in cols}))
+    for label, vals in rows:
+        line = f"{label:<22}" + "".join(f"{1000 * vals[c]:>12.1f}" for c in cols)
+        if "ours" in vals:
+            line += (f"{_ratio(vals['before'], vals['ours']):>13}" if "before" in vals else "")
+            line += (_ratio(vals["reference"], vals["ours"]) + "  " if "reference" in vals else "")
+        print(line)
 
 
 class _FilePairs(torch.utils.data.Dataset):
@@ -202,45 +291,37 @@ def main(argv=None) -> int:
     p.add_argument("--hyperpixel", default="2,12,13,15")
     p.add_argument("--dataset-sizes", default="pfwillow", choices=sorted(SIZES))
     p.add_argument("--pairs", type=int, default=3, help="pairs per measurement (after one warm-up pair)")
-    p.add_argument("--no-reference", action="store_true", help="skip the reference re-statement")
+    p.add_argument("--no-reference", action="store_true", help="skip the reference and before columns")
+    p.add_argument("--memory", action="store_true", help="peak RSS of each column's matching (CPU, children)")
     p.add_argument("--end-to-end", type=int, default=0, help="also time evaluate() on N JPEG pairs")
     p.add_argument("--fast", action="store_true")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    p.add_argument("--memory-child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    ids = tuple(int(i) for i in args.hyperpixel.split(","))
+    if args.memory_child:
+        memory_child(args.memory_child[0], args.memory_child[1], ids, args.backbone)
+        return 0
     device = resolve_device(args.device)
     numerics = set_faithful_numerics(device, args.fast)
-    ids = tuple(int(i) for i in args.hyperpixel.split(","))
     model, arch, _ = load_resnet(args.backbone, "random", seed=0)
     matcher = Matcher(HyperpixelBackbone(model, arch), MatchSettings(), device, cache_mb=0)
     sizes = SIZES[args.dataset_sizes]
     pairs = [look_alike_pair(i, sizes[i % len(sizes)]) for i in range(args.pairs + 1)]
+    columns = ("ours",) if args.no_reference else COLUMNS
     with torch.no_grad():
-        bench_stages(matcher, ids, pairs[:1], reference=False)  # warm-up
-        ours, ref, ours_mem, ref_mem = bench_stages(matcher, ids, pairs[1:], not args.no_reference)
-    n = matcher._assemble(matcher._blocks(pairs[0][0], ids), ids).feats.shape
-    print(f"{arch} ids {ids} on {device} ({numerics['precision']}), {args.dataset_sizes} sizes {sizes}, "
-          f"{args.pairs} pairs; hyperpixels x channels of the first image: {tuple(n)}")
-    print(f"{'stage':<10}{'ours ms':>12}" + ("" if ref is None else f"{'reference ms':>15}{'ratio':>8}"))
-    for stage in STAGES:
-        line = f"{stage:<10}{1000 * ours[stage]:>12.1f}"
-        if ref is not None:
-            line += f"{1000 * ref[stage]:>15.1f}{ref[stage] / max(ours[stage], 1e-9):>8.2f}"
-        print(line)
-    total_ours = sum(ours.values())
-    line = f"{'per pair':<10}{1000 * total_ours:>12.1f}"
-    if ref is not None:
-        total_ref = sum(ref.values())
-        line += f"{1000 * total_ref:>15.1f}{total_ref / total_ours:>8.2f}"
-    print(line)
-    mem = "peak GPU memory" if device.type == "cuda" else "peak process RSS"
-    print(f"{mem}: ours {ours_mem:.0f} MB" + ("" if ref is None else f", reference {ref_mem:.0f} MB"))
-    if ref is not None:
-        match_ours = sum(ours[k] for k in ("ot", "rhm", "transfer"))
-        match_ref = sum(ref[k] for k in ("ot", "rhm", "transfer"))
-        print(f"matching only (OT + RHM + transfer): reference / ours = {match_ref / match_ours:.2f}; "
-              f"features and CAM are shared (same network passes), measured once")
+        bench_stages(matcher, ids, pairs[:1], columns)  # warm-up
+        times = bench_stages(matcher, ids, pairs[1:], columns)
+    n = matcher._assemble(matcher._blocks(pairs[0][0], ids), ids).factors
+    print(f"{arch} ids {ids} on {device} ({numerics['precision']}, {torch.get_num_threads()} threads), "
+          f"{args.dataset_sizes} sizes {sizes}, {args.pairs} pairs; first image: {n.n} hyperpixels x {n.dim}")
+    print_table(times)
+    if args.memory and device.type == "cpu":
+        mem = memory_table(matcher, ids, pairs[1], args.backbone)
+        cells = ", ".join(f"{c} {b:.0f} -> {pk:.0f} (+{pk - b:.0f})" for c, (b, pk) in mem.items())
+        print(f"resident memory of one pair's matching, fresh process each (MB, before -> peak): {cells}")
     if args.end_to_end:
         with tempfile.TemporaryDirectory() as tmp:
             ds = _FilePairs(Path(tmp), args.end_to_end)
@@ -249,7 +330,8 @@ def main(argv=None) -> int:
             result = evaluate(e2e, ds, ids, num_workers=min(4, os.cpu_count() or 1))
             total = time.perf_counter() - start
         print(f"end to end: {args.end_to_end} PF-PASCAL-sized JPEG pairs in {total:.2f} s "
-              f"({1000 * total / args.end_to_end:.0f} ms/pair), PCK@0.1 {result.summary['pck']['0.1']:.1f}")
+              f"({1000 * total / args.end_to_end:.0f} ms/pair), PCK@0.1 {result.summary['pck']['0.1']:.1f}, "
+              f"per-image cache hit rate {100 * result.cache['hit_rate']:.0f} %")
     return 0
 
 

@@ -88,6 +88,7 @@ EVAL_RULES: dict[str, Callable[[str, Any, str], None]] = {
     "max_pairs": at_least(1),
     "vis_max": at_least(0),
     "cache_mb": check_non_negative,
+    "search_cache_mb": check_non_negative,
     "rotate": check_finite,
     "temperature": check_positive,
     "flip_prob": check_probability,

@@ -25,7 +25,9 @@ Fixed / changed (numbers unchanged unless stated):
 - ``ot_votes`` builds the kernel straight from the similarities, ``exp((relu(S) - 1) / eps)``, which
   equals SCOT's ``exp(-(1 - relu(S)) / eps)`` bit for bit (one N x N buffer instead of two);
 - no ``.cuda()``: any device; batched and masked; a log-domain solver (``solver="log"``) for runs with
-  many iterations (``--sinkhorn-iters K``).
+  many iterations (``--sinkhorn-iters K``);
+- ``ot_votes(..., sim_again=f)`` builds the first kernel inside the similarity buffer (no second N x N
+  buffer; ``f()`` recomputes the similarities for an eps retry); every N x N pass is in place.
 """
 
 from __future__ import annotations
@@ -217,21 +219,28 @@ def sinkhorn_log(
 def ot_votes(
     sim: Tensor, mu: Tensor, nu: Tensor, eps: float = 0.05, exp2: float = 0.5, n_iters: int = 1,
     solver: Literal["scot", "log"] = "scot", src_mask: Optional[Tensor] = None,
-    trg_mask: Optional[Tensor] = None, max_retries: int = 8,
+    trg_mask: Optional[Tensor] = None, max_retries: int = 8, sim_again: Optional[Callable[[], Tensor]] = None,
 ) -> Tensor:
     """OT votes P = max(Ns * T, 0) ** exp2 with cost 1 - relu(sim) (evaluation.md §7).
 
     sim (..., Ns, Nt) raw cosine; mu (..., Ns), nu (..., Nt). Ns is the number of real source rows of
     each item. exp2 = 0.5 (PF-PASCAL, PF-WILLOW) or 1.0 (SPair-71k). Returns float32 (..., Ns, Nt),
     zero on padded rows/columns. `solver="scot"` = faithful exponential update(s) with eps doubling;
-    `"log"` = log-domain iterations (no doubling needed).
+    `"log"` = log-domain iterations (no doubling needed). With `sim_again` (scot solver) `sim` is
+    consumed: the first kernel is built in its buffer, and `sim_again()` returns a fresh copy for a retry.
     """
     if solver == "scot":
         mu_col, nu_col, sim, src_mask, trg_mask = _as_batch(sim, mu, nu, src_mask, trg_mask)
+        fresh = [sim_again is not None]
 
         def make_kernel(e: float, idx: Optional[Tensor]) -> Tensor:
             # exp(-(1 - relu(s)) / eps) bit for bit: relu(s) - 1 == -(1 - relu(s)) exactly; one buffer
-            return torch.clamp(sim if idx is None else sim[idx], min=0).sub_(1.0).div_(e).exp_()
+            if fresh[0]:
+                out, fresh[0] = sim, False
+            else:
+                source = sim if sim_again is None else sim_again()
+                out = source.clone() if idx is None else source[idx]
+            return out.clamp_(min=0).sub_(1.0).div_(e).exp_()
 
         plan, _ = _solve_scot(make_kernel, mu_col, nu_col, eps, n_iters, max_retries, src_mask, trg_mask)
     elif solver == "log":
@@ -244,7 +253,7 @@ def ot_votes(
     if src_mask is None:
         n_src = sim.shape[-2]  # SCOT: Ns * T with a Python int
     else:
-        n_src = _valid_counts(sim, src_mask)
+        n_src = _valid_counts(plan, src_mask)
     plan.mul_(n_src).clamp_(min=0)
     if exp2 != 1.0:
         plan.pow_(exp2)

@@ -145,10 +145,9 @@ def test_cache_gives_the_same_numbers_as_recomputing(backbone):
         assert torch.equal(confs[0], confs[1]) and torch.equal(confs[0], confs[2])
     # another id set reuses the cached blocks (no backbone pass) and equals a fresh computation
     before = blocks.cache.misses
-    acc = blocks.score_pairs(ds, (0, 5), alphas=(0.1,))
+    rows = evaluate(blocks, ds, (0, 5), alphas=(0.1,)).rows
     assert blocks.cache.misses == before
-    fresh = Matcher(backbone, settings).score_pairs(ds, (5, 0), alphas=(0.1,))
-    assert acc.rows() == fresh.rows()
+    assert rows == evaluate(Matcher(backbone, settings), ds, (5, 0), alphas=(0.1,)).rows
 
 
 def test_feature_cache_is_bounded_lru():

@@ -139,3 +139,20 @@ def test_translation_consensus_wins():
     wins = (conf.argmax(1) == shift)[inner].float().mean()
     assert wins > 0.95
     assert (votes.argmax(1) == shift).float().mean() < 0.2
+
+
+def test_grid_path_equals_the_flat_path_bit_for_bit():
+    """Hyperpixel grids take the per-axis-table path (no N x N index buffer): same values as building
+    every bin, histogramming and gathering; `inplace=True` returns the same values in the votes' buffer."""
+    from models.rhm import smooth_histogram
+
+    _, src_c = receptive_field_boxes(19, 25, 4, 27)
+    _, trg_c = receptive_field_boxes(25, 19, 4, 27)
+    sizes = ((100, 75), (75, 100))
+    votes = torch.rand(len(src_c), len(trg_c), generator=torch.Generator().manual_seed(7))
+    bins, (ny, nx) = hough_bins(src_c, trg_c, *sizes)
+    flat = smooth_histogram(hough_histogram(votes, bins, ny * nx), ny, nx)[bins] * votes
+    assert torch.equal(regularized_hough_matching(votes, src_c, trg_c, *sizes), flat)
+    buffer = votes.clone()
+    out = regularized_hough_matching(buffer, src_c, trg_c, *sizes, inplace=True)
+    assert out.data_ptr() == buffer.data_ptr() and torch.equal(out, flat)

@@ -23,29 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs.runtime import check_writable_dir, run_cli  # noqa: E402
 from configs.validate import check_values  # noqa: E402
-
-DATASET_CHOICES = ("pfpascal", "pfwillow", "spair", "demo")
-# flags forwarded to test.py's config resolution (dest = EvalConfig key)
-CONFIG_FLAGS = ("dataset", "datapath", "backbone", "weights", "seed", "thres", "sim", "exp1", "exp2", "eps",
-                "sinkhorn_iters", "classmap", "hpf", "device", "fast", "max_pairs")
+from validation_and_test.config import CONFIG_KEYS, eval_parent_parser  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[eval_parent_parser()],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    d = argparse.SUPPRESS  # only flags given on the command line override test.py's preset
-    data = p.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASET_CHOICES, default=d, help="benchmark (default pfpascal)")
-    data.add_argument("--datapath", default=d, help="folder holding PF-PASCAL/, PF-WILLOW/, SPair-71k/")
-    data.add_argument("--split", choices=("trn", "val", "test"), default=None,
-                      help="default val (test for PF-WILLOW, flagged test-tuned)")
-    data.add_argument("--max-pairs", dest="max_pairs", type=int, default=d, help="first N pairs of the split")
-    model = p.add_argument_group("model")
-    model.add_argument("--backbone", choices=("auto", "resnet18", "resnet34", "resnet50", "resnet101"),
-                       default=d)
-    model.add_argument("--weights", default=d, help="imagenet, random, or a checkpoint path")
-    model.add_argument("--seed", type=int, default=d, help="seed of --weights random")
     search = p.add_argument_group("search")
+    search.add_argument("--split", choices=("trn", "val", "test"), default=None,
+                        help="default val (test for PF-WILLOW, flagged test-tuned)")
     search.add_argument("--score", choices=("pck", "cycle"), default="pck",
                         help="pck: validation PCK@alpha; cycle: label-free cycle re-localisation error")
     search.add_argument("--beam", type=int, default=4, help="sets kept per depth")
@@ -57,18 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(original)")
     search.add_argument("--alpha", dest="search_alpha", type=float, default=0.1,
                         help="PCK alpha of --score pck")
-    search.add_argument("--cache-mb", dest="cache_mb", type=float, default=8192.0,
+    search.add_argument("--cache-mb", dest="search_cache_mb", type=float, default=8192.0,
                         help="feature cache budget (all block maps of every image, native resolution)")
-    match = p.add_argument_group("matching (--score pck; defaults: test.py's preset for the dataset)")
-    match.add_argument("--thres", choices=("auto", "img", "bbox"), default=d)
-    match.add_argument("--sim", choices=("OTGeo", "OT", "cosGeo", "cos"), default=d)
-    match.add_argument("--exp1", type=float, default=d)
-    match.add_argument("--exp2", type=float, default=d, help="the paper's search commands: 0.5")
-    match.add_argument("--eps", type=float, default=d)
-    match.add_argument("--sinkhorn-iters", dest="sinkhorn_iters", type=int, default=d)
-    match.add_argument("--classmap", type=int, choices=(0, 1), default=d,
-                       help="the paper's search commands: 0")
-    match.add_argument("--hpf", action="store_true", default=d)
+    search.add_argument("--progress", action="store_true", help="print every set as it is scored")
+    search.add_argument("--output-dir", dest="search_output_dir", default=None)
     cyc = p.add_argument_group("label-free score (--score cycle)")
     cyc.add_argument("--crop-seed", dest="crop_seed", type=int, default=0,
                      help="crops: rng([seed, pair index])")
@@ -76,12 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     cyc.add_argument("--rotate", type=float, default=10.0, help="rotation range (+- degrees)")
     cyc.add_argument("--flip-prob", dest="flip_prob", type=float, default=0.5)
     cyc.add_argument("--temperature", type=float, default=0.0007)
-    run = p.add_argument_group("run")
-    run.add_argument("--progress", action="store_true", help="print every set as it is scored")
-    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d)
-    run.add_argument("--fast", action="store_true", default=d, help="allow TF32 on CUDA (recorded)")
-    run.add_argument("--output-dir", dest="search_output_dir", default=None)
-    run.add_argument("--config", default=None, help="YAML preset replacing configs/eval/<dataset>.yaml")
     return p
 
 
@@ -98,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_layer_search,
     )
 
-    flags = {k: getattr(args, k) for k in CONFIG_FLAGS if hasattr(args, k)}
+    flags = {k: getattr(args, k) for k in CONFIG_KEYS if hasattr(args, k) and k != "split"}
     cfg, preset, fell_back = resolve_search_config(flags, args.config, args.split)
     beam = BeamSettings(beam=args.beam, depth=args.depth,
                         bases=parse_id_ranges(args.bases) if args.bases else None,
@@ -107,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cycle = CycleScoreSettings(seed=args.crop_seed, patch=args.patch, rotate_deg=args.rotate,
                                flip_prob=args.flip_prob, temperature=args.temperature)
     run_layer_search(cfg, beam, args.score, args.search_alpha, cycle, args.search_output_dir, preset,
-                     args.config, fell_back, args.cache_mb, progress=args.progress)
+                     args.config, fell_back, args.search_cache_mb, progress=args.progress)
     return 0
 
 

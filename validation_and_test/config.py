@@ -1,4 +1,5 @@
-"""Evaluation settings (`EvalConfig`) and the per-dataset presets in `configs/eval/`.
+"""Evaluation settings (`EvalConfig`), the per-dataset presets in `configs/eval/`, and the command-line
+flags shared by `test.py` and `beamsearch.py` (`eval_parent_parser`, DINO-style parent parser).
 
 Precedence: dataclass defaults <- `configs/eval/<dataset>.yaml` (or `--config`) <- command-line flags.
 A preset's `preset_backbone` names the architecture its hyperpixel ids were chosen for; using another
@@ -7,11 +8,15 @@ backbone without explicit ids is an error (`evaluation.md` §12).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import argparse
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal, Optional
 
 from configs import CONFIG_DIR
+from configs.runtime import UserError
+from configs.schema import build_config, load_yaml
+from configs.validate import check_values
 
 EVAL_PRESET_DIR = CONFIG_DIR / "eval"
 
@@ -37,12 +42,13 @@ class EvalConfig:
     sinkhorn_iters: int = 1
     sinkhorn_solver: Literal["auto", "scot", "log"] = "auto"  # auto: scot for 1 iteration, else log
     classmap: int = 1
+    similarity: Literal["factorised", "dense"] = "factorised"  # dense: (N, D) hyperpixel product (reference)
     hpf: bool = False  # HPF mode: downscale-only resize, margin pruning, RHM on max(0, cos)^3 votes
     long_side: int = 300
     max_pairs: Optional[int] = None
     device: str = "auto"
     seed: int = 0
-    fast: bool = False  # allow TF32 on CUDA (recorded in results.json)
+    fast: bool = False  # allow TF32 on CUDA (changes numbers; recorded in results.json)
     cache_mb: float = 2048.0  # feature-cache budget per process
     num_workers: int = 2  # image-loading workers
     output_dir: Optional[str] = None
@@ -70,3 +76,89 @@ class EvalConfig:
 
 def preset_path(dataset: str) -> Path:
     return EVAL_PRESET_DIR / f"{dataset}.yaml"
+
+
+# ------------------------------------------------------------------------------------------- flags
+DATASET_CHOICES = ("pfpascal", "pfwillow", "spair", "demo")
+BACKBONE_CHOICES = ("auto", "resnet18", "resnet34", "resnet50", "resnet101")
+CONFIG_KEYS = tuple(f.name for f in fields(EvalConfig))
+
+
+def parse_ids(text: str) -> list[int]:
+    """'2,12,13,15' (also '(2, 12, 13, 15)' or '2 12 13 15') -> [2, 12, 13, 15]."""
+    cleaned = text.strip().strip("()[]").replace(",", " ").split()
+    try:
+        return [int(t) for t in cleaned]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 2,12,13,15, got {text!r}"
+                                         ) from None
+
+
+def eval_parent_parser() -> argparse.ArgumentParser:
+    """Flags shared by test.py and beamsearch.py (`parents=[...]`). Defaults are suppressed: only flags
+    given on the command line override the preset (`resolve_config`)."""
+    p = argparse.ArgumentParser(add_help=False)
+    d = argparse.SUPPRESS
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASET_CHOICES, default=d, help="benchmark (default pfpascal)")
+    data.add_argument("--datapath", default=d, help="folder holding PF-PASCAL/, PF-WILLOW/, SPair-71k/ "
+                                                    "(default $DATASETS else ./Datasets_SCOT)")
+    data.add_argument("--max-pairs", dest="max_pairs", type=int, default=d,
+                      help="first N pairs in split order")
+    model = p.add_argument_group("model")
+    model.add_argument("--backbone", choices=BACKBONE_CHOICES, default=d,
+                       help="auto: the checkpoint's architecture, else resnet50")
+    model.add_argument("--weights", default=d, help="imagenet (torchvision IMAGENET1K_V1), random, or a "
+                                                    "checkpoint path (MoCo / torchvision / ours)")
+    model.add_argument("--seed", type=int, default=d, help="seed of --weights random")
+    match = p.add_argument_group("matching (defaults: the dataset's preset)")
+    match.add_argument("--thres", choices=("auto", "img", "bbox"), default=d, help="PCK reference length")
+    match.add_argument("--sim", choices=("OTGeo", "OT", "cosGeo", "cos"), default=d,
+                       help="matching confidence")
+    match.add_argument("--exp1", type=float, default=d, help="cosine power (cos, cosGeo)")
+    match.add_argument("--exp2", type=float, default=d, help="OT plan power (0.5 PF, 1.0 SPair)")
+    match.add_argument("--eps", type=float, default=d, help="entropic regularisation")
+    match.add_argument("--sinkhorn-iters", dest="sinkhorn_iters", type=int, default=d,
+                       help="1 = faithful single update; more = converged log-domain solver")
+    match.add_argument("--classmap", type=int, choices=(0, 1), default=d, help="1: CAM marginals, 0: uniform")
+    match.add_argument("--similarity", choices=("factorised", "dense"), default=d,
+                       help="hyperpixel cosine: per-stride Gram matrices (default) or the dense (N, D) "
+                            "product (reference)")
+    match.add_argument("--hpf", action="store_true", default=d,
+                       help="HPF mode: downscale-only resize, margin pruning, RHM on max(0, cos)^3")
+    run = p.add_argument_group("run")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d)
+    run.add_argument("--fast", action="store_true", default=d,
+                     help="allow TF32 on CUDA (changes numbers; recorded)")
+    run.add_argument("--config", default=None, help="YAML preset replacing configs/eval/<dataset>.yaml")
+    return p
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[EvalConfig, str, bool]:
+    """(config, preset file, ids given on the command line) from parsed flags named like `EvalConfig`
+    keys (absent = not given) and `args.config`."""
+    flags = {k: getattr(args, k) for k in CONFIG_KEYS if hasattr(args, k)}
+    check_values(flags, "command line")
+    config = getattr(args, "config", None)
+    if config is not None:
+        path = Path(config)
+        data = load_yaml(path)
+    else:
+        path = preset_path(flags.get("dataset", EvalConfig.dataset))
+        data = load_yaml(path) if path.is_file() else {}
+    check_values(data, str(path))
+    data.update(flags)
+    return build_config(EvalConfig, data, source=str(path)), str(path), "hyperpixel" in flags
+
+
+def check_backbone(cfg: EvalConfig, preset: str, ids_given: bool, arch: Optional[str] = None) -> None:
+    """A preset's ids belong to `cfg.preset_backbone`: another backbone (flag or checkpoint `arch`) needs
+    explicit ids (ids mean different blocks)."""
+    if ids_given:
+        return
+    if cfg.backbone not in ("auto", cfg.preset_backbone):
+        raise UserError(f"{preset} holds hyperpixel ids for {cfg.preset_backbone}, not {cfg.backbone}: give "
+                        f"--hyperpixel explicitly (ids mean different blocks) or use a {cfg.backbone} preset")
+    if arch is not None and arch != cfg.preset_backbone:
+        raise UserError(f"{preset} holds hyperpixel ids for {cfg.preset_backbone} but the weights are a "
+                        f"{arch}: give --hyperpixel explicitly or --backbone {cfg.preset_backbone}")

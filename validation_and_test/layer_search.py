@@ -13,9 +13,9 @@ Algorithm (HPF's, with the original's defects fixed; `BeamSettings` switches the
 So `depth` is the maximum set size. Scores are "higher is better" (PCK in percent; the label-free cycle
 score is minus a squared error, `cycle_score.py`).
 
-`PCKScore` scores a set with `Matcher.score_pairs` (block cache: the backbone and CAM run once per image;
-a new set only re-assembles hyper-images and re-runs the matching) using exactly the matching settings that
-`test.py` resolves for the dataset (`resolve_search_config`).
+`PCKScore` scores a set with `evaluate` (the loop `test.py` runs; block cache: the backbone and CAM run
+once per image, a new set only re-assembles hyperpixels and re-runs the matching) using exactly the
+matching settings that `test.py` resolves for the dataset (`resolve_search_config`).
 """
 
 from __future__ import annotations
@@ -204,14 +204,14 @@ def resolve_search_config(flags: dict[str, Any], config_path: Optional[str] = No
     """test.py's settings for the dataset (preset `configs/eval/<dataset>.yaml` or `config_path`, then
     `flags`, keyed like `EvalConfig`), with the search split. Returns (config, preset file, split fell back).
 
-    Uses `test.resolve_config` itself, so a found set scores the same in a `test.py` run with those flags.
+    Uses test.py's own resolution (`config.resolve_config`), so a found set scores the same in a `test.py`
+    run with those flags.
     """
     import argparse
 
-    from validation_and_test.test import resolve_config
+    from validation_and_test.config import resolve_config
 
-    args = argparse.Namespace(config=config_path, **flags)
-    cfg, preset, _ = resolve_config(args)
+    cfg, preset, _ = resolve_config(argparse.Namespace(config=config_path, **flags))
     fell_back = False
     if split is None:
         split, fell_back = default_search_split(cfg.dataset)
@@ -259,8 +259,9 @@ class PCKScore:
 
     def __init__(self, matcher: Any, dataset: Any, indices: Sequence[int], alpha: float = 0.1,
                  thres: str = "auto"):
-        from validation_and_test.evaluate import resolve_thres
+        from validation_and_test.evaluate import evaluate, resolve_thres
 
+        self._evaluate = evaluate
         self.matcher = matcher
         self.dataset = dataset
         self.indices = list(indices)
@@ -268,9 +269,9 @@ class PCKScore:
         self.thres = resolve_thres(dataset, thres)
 
     def __call__(self, ids: tuple[int, ...]) -> float:
-        acc = self.matcher.score_pairs(self.dataset, ids, self.indices, alphas=(self.alpha,),
-                                       thres=self.thres)
-        return float(acc.summary()["pck"][f"{self.alpha:g}"])
+        result = self._evaluate(self.matcher, self.dataset, ids, (self.alpha,), self.thres,
+                                indices=self.indices)
+        return float(result.summary["pck"][f"{self.alpha:g}"])
 
     def cache_stats(self) -> dict[str, float]:
         return self.matcher.cache.stats()
@@ -323,18 +324,12 @@ def run_layer_search(cfg: EvalConfig, beam: BeamSettings, score: Literal["pck", 
     from pathlib import Path
 
     from configs import REPO_ROOT
-    from configs.runtime import (
-        atomic_write_json,
-        git_sha,
-        package_versions,
-        resolve_device,
-        set_faithful_numerics,
-    )
-    from configs.schema import config_to_dict
+    from configs.runtime import atomic_write_json, resolve_device, set_faithful_numerics
     from data import build_dataset
     from models.backbone import HyperpixelBackbone
     from models.weights import load_resnet
     from validation_and_test.evaluate import Matcher, MatchSettings, shard_indices
+    from validation_and_test.record import settings_record
 
     if score not in ("pck", "cycle"):
         raise UserError(f"--score must be pck or cycle, got {score!r}")
@@ -379,17 +374,12 @@ def run_layer_search(cfg: EvalConfig, beam: BeamSettings, score: Literal["pck", 
             "dataset": cfg.dataset, "split": cfg.split, "split_fallback": split_fell_back,
             "test_tuned": test_tuned, "data": dataset.describe() if hasattr(dataset, "describe") else None,
             "n_pairs": len(indices), "max_pairs": cfg.max_pairs, "alpha": alpha if score == "pck" else None,
-            "thres": thres, "search": beam_settings_json(beam, n_ids),
-            "matching": {"used": score == "pck", "sim": cfg.sim, "exp1": cfg.exp1, "exp2": cfg.exp2,
-                         "eps": cfg.eps, "sinkhorn_iters": cfg.sinkhorn_iters, "sinkhorn_solver": cfg.solver,
-                         "classmap": cfg.classmap, "hpf": cfg.hpf, "resize_rule": settings.resize_rule,
-                         "long_side": cfg.long_side},
-            "backbone": arch, "n_ids": n_ids, "weights": weights_record,
-            "device": str(device), "precision": numerics["precision"], "fast": cfg.fast,
-            "preset": preset, "config": config_to_dict(cfg),
+            "search": beam_settings_json(beam, n_ids), "n_ids": n_ids,
+            **settings_record(cfg, thres=thres, arch=arch, weights=weights_record, numerics=numerics,
+                              preset=preset),
             "cache": scorer.cache_stats(), "elapsed_s": round(time.perf_counter() - start, 3),
-            "git_sha": git_sha(), "versions": package_versions(),
         }
+        doc["matching"]["used"] = score == "pck"
         if score == "cycle":
             from validation_and_test.cycle_score import crops_json
 

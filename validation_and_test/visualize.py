@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -60,3 +62,24 @@ def save_pair_figure(path: str | Path, src_img: torch.Tensor, trg_img: torch.Ten
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def pair_visualiser(vis_dir: str | Path, alphas: Sequence[float], vis_max: int, world_size: int = 1
+                    ) -> Callable[[dict[str, Any], Any, torch.Tensor], None]:
+    """`on_pair(sample, prediction, correct)` for `evaluate`: a figure per pair (at most `vis_max` over all
+    ranks), coloured by correctness at the alpha closest to 0.1."""
+    headline = min(range(len(alphas)), key=lambda a: abs(alphas[a] - 0.1))
+    budget = {"left": -(-vis_max // world_size)}
+
+    def on_pair(sample: dict[str, Any], prediction: Any, correct: torch.Tensor) -> None:
+        if budget["left"] <= 0:
+            return
+        budget["left"] -= 1
+        pred = prediction.pred.cpu() / prediction.trg_scale  # resized -> original target pixels
+        ok = correct[headline]
+        path = pair_figure_path(vis_dir, int(sample["index"]), sample["src_name"], sample["trg_name"])
+        save_pair_figure(path, sample["src_img"], sample["trg_img"], sample["src_kps"], sample["trg_kps"],
+                         pred, ok, title=f"{sample.get('class_name', '')} pair {sample['index']}: "
+                                         f"PCK@{alphas[headline]:g} = {100 * float(ok.float().mean()):.1f}")
+
+    return on_pair

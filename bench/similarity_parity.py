@@ -1,0 +1,89 @@
+"""Parity of the factorised hyperpixel similarity with the dense reference, pair by pair, on real data.
+
+    python bench/similarity_parity.py --dataset pfwillow --datapath ../shared/realdata --every 9 \
+        --weights random --hyperpixel 2,11,12,13,14
+    python bench/similarity_parity.py --dataset spair --datapath ../shared/realdata --weights random
+
+Runs `evaluate()` twice over the same pairs, once per `--similarity` (the backbone and CAM run once per
+image: both matchers share one block cache), and prints the share of pairs whose per-keypoint
+correctness is identical at every alpha, and the dataset PCK of both. Not a test (minutes on a CPU);
+`tests/test_hyper_similarity.py` holds the small, fast twins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from configs.runtime import resolve_device, set_faithful_numerics  # noqa: E402
+from data import build_dataset  # noqa: E402
+from models.backbone import HyperpixelBackbone  # noqa: E402
+from models.weights import load_resnet  # noqa: E402
+from validation_and_test.config import parse_ids, preset_path, resolve_config  # noqa: E402
+from validation_and_test.evaluate import Matcher, MatchSettings, evaluate  # noqa: E402
+
+
+def compare(rows_a: list[dict], rows_b: list[dict], alphas: list[float]) -> dict:
+    """Pairs with equal per-pair PCK at every alpha, and the largest per-pair difference (points)."""
+    keys = [f"pck_{a:g}" for a in alphas]
+    same = sum(all(ra[k] == rb[k] for k in keys) for ra, rb in zip(rows_a, rows_b))
+    worst = max((abs(ra[k] - rb[k]) for ra, rb in zip(rows_a, rows_b) for k in keys), default=0.0)
+    return {"pairs": len(rows_a), "identical_pairs": same, "identical_pct": 100 * same / max(len(rows_a), 1),
+            "max_pair_diff_pt": worst}
+
+
+@torch.no_grad()
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", default="pfwillow")
+    p.add_argument("--datapath", default=None)
+    p.add_argument("--weights", default="random")
+    p.add_argument("--backbone", default="auto")
+    p.add_argument("--hyperpixel", type=parse_ids, default=None, help="default: the dataset preset's ids")
+    p.add_argument("--every", type=int, default=1, help="every k-th pair of the split")
+    p.add_argument("--max-pairs", type=int, default=None)
+    p.add_argument("--long-side", type=int, default=None, help="resize target (default: the preset's, 300)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", default=None, help="also write the figures here")
+    args = p.parse_args(argv)
+    preset = str(preset_path(args.dataset))
+    cfg, _, _ = resolve_config(argparse.Namespace(config=preset, dataset=args.dataset))
+    if args.long_side:
+        cfg = replace(cfg, long_side=args.long_side)
+    device = resolve_device(args.device)
+    set_faithful_numerics(device)
+    dataset = build_dataset(args.dataset, args.datapath, cfg.split)
+    indices = list(range(0, len(dataset), args.every))[: args.max_pairs]
+    model, arch, record = load_resnet(args.backbone, args.weights, cfg.seed)
+    ids = tuple(args.hyperpixel or cfg.hyperpixel)
+    backbone = HyperpixelBackbone(model, arch)
+    settings = MatchSettings.from_config(cfg)
+    dense = Matcher(backbone, replace(settings, similarity="dense"), device, cache_mb=6144, cache_blocks=True)
+    fact = Matcher(backbone, replace(settings, similarity="factorised"), device, cache_blocks=True)
+    fact.cache = dense.cache  # one backbone + CAM pass per image for both
+    results = {}
+    for name, matcher in (("dense", dense), ("factorised", fact)):
+        results[name] = evaluate(matcher, dataset, ids, cfg.alpha, cfg.thres, indices=indices, progress=True)
+    figures = {"dataset": args.dataset, "weights": record, "arch": arch, "ids": list(ids),
+               "long_side": cfg.long_side, "feature_cache": results["dense"].cache,
+               **compare(results["dense"].rows, results["factorised"].rows, cfg.alpha),
+               "pck_dense": results["dense"].summary["pck"],
+               "pck_factorised": results["factorised"].summary["pck"],
+               "match_s_dense": dense.timings["match"], "match_s_factorised": fact.timings["match"]}
+    figures["max_dataset_diff_pt"] = max(abs(figures["pck_dense"][k] - figures["pck_factorised"][k])
+                                         for k in figures["pck_dense"])
+    print(json.dumps(figures, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
