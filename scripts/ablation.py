@@ -232,7 +232,7 @@ def plot(summary: dict[str, Any], title: str, png: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--setting", choices=("demo", "pfwillow"), default="demo")
     parser.add_argument("--split", choices=("val", "test"), default="test", help="evaluation split")
@@ -246,7 +246,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hyperpixel", default=None, help="evaluation ids, all rows (default: preset)")
     parser.add_argument("--figure", default=None, help="also write the plot here (figs/...)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="training config overrides")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     from configs.schema import load_yaml
     from data.demo import ensure_demo_data

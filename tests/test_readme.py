@@ -24,10 +24,11 @@ from test_data_pfpascal import _write_pascal
 from test_data_spair import _pairs, _write_spair
 
 from configs.runtime import UserError
+from training.config import load_train_config
 
 README = REPO_ROOT / "README.md"
 SCRIPTS = ("validation_and_test/test.py", "training/train.py", "validation_and_test/beamsearch.py",
-           "scripts/demo.py")
+           "scripts/demo.py", "scripts/ablation.py")
 
 
 def readme_commands() -> list[str]:
@@ -94,7 +95,6 @@ def parse_script_args(script: str, args: list[str]) -> None:
 
         build_parser().parse_args(args)
     elif script == "training/train.py":
-        from training.config import load_train_config
         from training.train import get_args_parser
 
         parsed = get_args_parser().parse_intermixed_args(args)
@@ -103,6 +103,16 @@ def parse_script_args(script: str, args: list[str]) -> None:
         from validation_and_test.beamsearch import build_parser as beam_parser
 
         beam_parser().parse_args(args)
+    elif script == "scripts/ablation.py":
+        import importlib.util
+        import sys
+
+        spec = importlib.util.spec_from_file_location("ablation_readme", REPO_ROOT / script)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        parsed = module.build_parser().parse_args(args)
+        load_train_config(module.TRAIN_PRESET, parsed.overrides)
 
 
 @pytest.mark.parametrize("cmd", [c for c in COMMANDS if c.startswith("bash scripts/download")])
