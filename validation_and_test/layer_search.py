@@ -321,10 +321,15 @@ def run_layer_search(cfg: EvalConfig, beam: BeamSettings, score: Literal["pck", 
     `cache_mb`: block maps (+ CAM) of every image, on the device; `sample_cache_mb`: decoded pairs (PCK).
     The cycle score's frame follows `cfg` (resize rule and long side), overriding `cycle`'s.
     """
-    from pathlib import Path
 
     from configs import REPO_ROOT
-    from configs.runtime import atomic_write_json, resolve_device, set_faithful_numerics
+    from configs.runtime import (
+        atomic_write_json,
+        check_writable_dir,
+        resolve_device,
+        set_faithful_numerics,
+        unique_suffix,
+    )
     from data import build_dataset
     from models.backbone import HyperpixelBackbone
     from models.weights import load_resnet
@@ -333,6 +338,9 @@ def run_layer_search(cfg: EvalConfig, beam: BeamSettings, score: Literal["pck", 
 
     if score not in ("pck", "cycle"):
         raise UserError(f"--score must be pck or cycle, got {score!r}")
+    # the output folder is checked before any work; the default name is unique (time + random suffix)
+    out_dir = check_writable_dir(output_dir or REPO_ROOT / "runs" / "search" /
+                                 f"{cfg.dataset}-{score}-{unique_suffix()}", "--output-dir")
     device = resolve_device(cfg.device)
     numerics = set_faithful_numerics(device, cfg.fast)
     dataset = build_dataset(cfg.dataset, cfg.datapath, cfg.split)
@@ -353,8 +361,6 @@ def run_layer_search(cfg: EvalConfig, beam: BeamSettings, score: Literal["pck", 
         cycle = replace(cycle, resize_rule=settings.resize_rule, long_side=cfg.long_side)
         scorer = CycleScore(backbone, dataset, indices, cycle, device, cache_mb=cache_mb)
         thres = None
-    out_dir = Path(output_dir) if output_dir else (
-        REPO_ROOT / "runs" / "search" / f"{cfg.dataset}-{score}-{time.strftime('%Y%m%d-%H%M%S')}")
     test_tuned = cfg.split == "test"
     tuned = ", TEST-TUNED" if test_tuned else ""
     echo(f"beam search on {cfg.dataset} {cfg.split} ({len(indices)} pairs{tuned}"
