@@ -52,14 +52,17 @@ def plot_training_curves(metrics_path: Path, out_png: Path) -> None:
 
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "step" in r and "loss" in r]
-    panels = [("loss_moco", "MoCo InfoNCE"), ("loss_cycle", "cycle MSE (px²)"),
-              ("moco_top1", "MoCo top-1 (%)"), ("lr", "learning rate")]
+    # each panel: (metric, title, its reference level drawn dashed: chance, the crop-centre baseline)
+    panels = [("loss_moco", "MoCo InfoNCE (dashed: chance)", "moco_chance_loss"),
+              ("loss_cycle", "cycle MSE (px², dashed: crop centre)", "cycle_centre_baseline"),
+              ("moco_top1", "MoCo top-1 (%)", None), ("lr", "learning rate", None)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    for ax, (key, title) in zip(axes, panels):
-        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
-        if pts:
-            ax.plot(*zip(*pts), lw=1.5)
-        ax.set_title(title)
+    for ax, (key, title, reference) in zip(axes, panels):
+        for name, style in ((key, "-"), (reference, "--")):
+            pts = [(r["step"], r[name]) for r in rows if name and isinstance(r.get(name), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), style, lw=1.5, color="C0" if style == "-" else "C3")
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.tight_layout()

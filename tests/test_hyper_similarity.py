@@ -105,14 +105,15 @@ def test_real_spair_pairs_score_identically(realdata_root, r18):
 
 @pytest.mark.slow
 def test_real_pfwillow_hundred_pairs_parity(realdata_root):
-    """100 PF-WILLOW pairs (every 9th, all classes) at full size, random ResNet-50, preset ids: at least
-    99.5 % of the pairs identical at every alpha and the dataset PCK within 0.1 point."""
+    """100 PF-WILLOW pairs (every 9th, all classes) at small size (long side 160), random ResNet-50, preset
+    ids: at least 99.5 % of the pairs identical at every alpha and the dataset PCK within 0.1 point (full
+    size: bench/similarity_parity.py, too slow for the suite)."""
     from data import build_dataset
 
     model, arch, _ = load_resnet("resnet50", "random", seed=0)
     dataset = build_dataset("pfwillow", realdata_root, "test")
-    dense, fact = _parity(HyperpixelBackbone(model, arch), dataset, (2, 11, 12, 13, 14), MatchSettings(),
-                          range(0, 900, 9))
+    dense, fact = _parity(HyperpixelBackbone(model, arch), dataset, (2, 11, 12, 13, 14),
+                          MatchSettings(long_side=160), range(0, 900, 9))
     same = sum(a == b for a, b in zip(dense, fact))
     assert same >= 0.995 * len(dense)
     for key in ("pck_0.05", "pck_0.1", "pck_0.15"):
