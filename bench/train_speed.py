@@ -9,7 +9,7 @@ GPUs), random initialisation, a generated ImageFolder of 224-px JPEGs standing i
 offline demo pairs at 224 px standing in for PF-PASCAL (no downloads). Runs the real training loop
 (`training.trainer.train`) for --warmup + --steps steps and reports the means over the last --steps from
 its metrics.jsonl: data time (waiting for the loader) and compute time (forward, backward, step, synced).
-Anchors (anchors.md §3): MoCo v2 ~168 images/s per V100; target >= 1,500 ImageNet images/s per H100.
+Reference points: MoCo v2 ~168 images/s per V100; target >= 1,500 ImageNet images/s per H100.
 """
 
 from __future__ import annotations

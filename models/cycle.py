@@ -1,4 +1,4 @@
-"""Pixel-level branch: the crop -> target -> source cycle loss of method.md section 5 (fixes of section 9).
+"""Pixel-level branch: the crop -> target -> source cycle loss (docs/method.md, with its defect fixes).
 
 API (stable; the combined model and the training loop call it):
 
@@ -43,7 +43,7 @@ VALID_EPS = 1e-4  # a warped pixel is in-image iff its bilinear validity >= 1 - 
 
 @dataclass
 class CycleConfig:
-    """Pixel-level cycle branch; defaults = paper hyper-parameters with the method.md section 9 fixes on."""
+    """Pixel-level cycle branch; defaults = paper hyper-parameters, defect fixes (docs/method.md) on."""
 
     loss_weight: float = 5e-4          # lambda_cyc (paper: 5e-4 PF-PASCAL / SPair, 5e-5 PF-WILLOW)
     feature_stage: Literal["layer1", "layer2", "layer3", "layer4"] = "layer3"  # ResNet stage giving phi
@@ -387,7 +387,7 @@ def _flat_features(net: nn.Module, x: torch.Tensor, cfg: CycleConfig) -> tuple[t
 
 def cycle_loss(encoder: torchvision.models.ResNet, src: torch.Tensor, trg: torch.Tensor, cfg: CycleConfig,
                generator: torch.Generator, return_vis: bool = False, bn_groups: int = 1) -> CycleResult:
-    """Pixel-level cycle loss (method.md section 5) for a batch of pairs src, trg (B, 3, S, S).
+    """Pixel-level cycle loss (docs/method.md) for a batch of pairs src, trg (B, 3, S, S).
 
     bn_groups: the encoder's split-BN k, used only by attention_norm="batch" (normalise per BN group).
     """

@@ -1,4 +1,4 @@
-"""Regularized Hough matching (RHM), translation only (evaluation.md §8).
+"""Regularized Hough matching (RHM), translation only (SCOT protocol).
 
 Votes V (Ns, Nt) are re-weighted by the smoothed Hough histogram of their offsets:
 offset o_ij = (W_s, H_s) - c_i + d_j, cell size delta = sqrt((W_s+W_t)(H_s+H_t) / ncells),

@@ -1,4 +1,4 @@
-"""Cosine similarity and entropic optimal transport for SCOT-style matching (evaluation.md §7).
+"""Cosine similarity and entropic optimal transport for SCOT-style matching.
 
 All functions are pure, run on the tensors' device, work in float32 and accept either one pair
 (``(Ns, Nt)`` matrices, ``(Ns,)``/``(Nt,)`` marginals) or a padded batch (``(B, Ns, Nt)``, ``(B, Ns)``,
@@ -221,7 +221,7 @@ def ot_votes(
     solver: Literal["scot", "log"] = "scot", src_mask: Optional[Tensor] = None,
     trg_mask: Optional[Tensor] = None, max_retries: int = 8, sim_again: Optional[Callable[[], Tensor]] = None,
 ) -> Tensor:
-    """OT votes P = max(Ns * T, 0) ** exp2 with cost 1 - relu(sim) (evaluation.md §7).
+    """OT votes P = max(Ns * T, 0) ** exp2 with cost 1 - relu(sim).
 
     sim (..., Ns, Nt) raw cosine; mu (..., Ns), nu (..., Nt). Ns is the number of real source rows of
     each item. exp2 = 0.5 (PF-PASCAL, PF-WILLOW) or 1.0 (SPair-71k). Returns float32 (..., Ns, Nt),

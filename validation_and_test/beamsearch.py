@@ -1,4 +1,4 @@
-"""Hyperpixel layer selection by beam search (`evaluation.md` §13); thin CLI over `layer_search`.
+"""Hyperpixel layer selection by beam search (HPF/SCOT style); thin CLI over `layer_search`.
 
     python validation_and_test/beamsearch.py --dataset pfpascal --weights W --score pck
     python validation_and_test/beamsearch.py --dataset pfpascal --weights W --classmap 0 --exp2 0.5

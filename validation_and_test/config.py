@@ -3,7 +3,7 @@ flags shared by `test.py` and `beamsearch.py` (`eval_parent_parser`, DINO-style 
 
 Precedence: dataclass defaults <- `configs/eval/<dataset>.yaml` (or `--config`) <- command-line flags.
 A preset's `preset_backbone` names the architecture its hyperpixel ids were chosen for; using another
-backbone without explicit ids is an error (`evaluation.md` §12).
+backbone without explicit ids is an error (ids mean different blocks in another ResNet).
 """
 
 from __future__ import annotations

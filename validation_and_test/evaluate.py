@@ -1,4 +1,4 @@
-"""The one loop over pairs: predict with a `Matcher`, score PCK, gather across ranks (`evaluation.md`).
+"""The one loop over pairs: predict with a `Matcher`, score PCK, gather across ranks (SCOT protocol).
 
     model, arch, record = load_resnet("resnet50", "imagenet")
     matcher = Matcher(HyperpixelBackbone(model, arch), MatchSettings(), device)

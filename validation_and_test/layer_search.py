@@ -1,4 +1,4 @@
-"""Hyperpixel layer selection by beam search (`evaluation.md` §13): candidates, scoring, table, search.json.
+"""Hyperpixel layer selection by beam search (HPF/SCOT style): candidates, scoring, table, search.json.
 
     result = beam_search(score, n_ids=17, settings=BeamSettings(beam=4, depth=8))
     result.best.ids, result.best.score, result.scored

@@ -35,7 +35,7 @@ OT_SIMS = ("OTGeo", "OT")
 
 @dataclass(frozen=True)
 class MatchSettings:
-    """Matching settings of `evaluation.md` §§3-9 (defaults: the faithful SCOT protocol, PF-PASCAL exp2)."""
+    """Matching settings of the SCOT protocol (defaults: the faithful SCOT protocol, PF-PASCAL exp2)."""
 
     sim: str = "OTGeo"
     exp1: float = 1.0
@@ -208,7 +208,7 @@ class Matcher:
 
     @torch.no_grad()
     def confidence(self, src: ImageFeatures, trg: ImageFeatures, pair_id: Any = None) -> torch.Tensor:
-        """Matching confidence (Ns, Nt) of `evaluation.md` §§7-8 for the configured `sim`; every N x N
+        """Matching confidence (Ns, Nt) (OT plan and Hough votes) for the configured `sim`; every N x N
         step after the similarity works in its buffer."""
         st = self.settings
         synchronize(self.device)

@@ -1,4 +1,4 @@
-"""Evaluate SCOT-style matching and PCK on a benchmark (`evaluation.md`); thin CLI over `evaluate`.
+"""Evaluate SCOT-style matching and PCK on a benchmark (SCOT protocol); thin CLI over `evaluate`.
 
     python validation_and_test/test.py --dataset pfwillow --weights runs/x/checkpoints/last.pth
     torchrun --nproc_per_node=4 validation_and_test/test.py --dataset spair
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = result.summary
     results = {
         "dataset": cfg.dataset, "split": cfg.split, "n_pairs": result.n_pairs,
-        "data": dataset.describe(),  # root, keypoint source, comparable (datasets.md §1)
+        "data": dataset.describe(),  # root, keypoint source, comparable with published numbers or not
         "alphas": [float(a) for a in cfg.alpha], "hyperpixel": list(ids),
         **{k: summary[k] for k in ("pck", "pck_per_keypoint", "per_class", "per_difficulty", "averaging",
                                    "n_keypoints") if k in summary},
