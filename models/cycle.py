@@ -430,9 +430,11 @@ def cycle_loss(encoder: torchvision.models.ResNet, src: torch.Tensor, trg: torch
         loss = masked_coordinate_mse(pred * unit, gt * unit, valid)
         weight = valid.float()
         count = weight.sum()
-        centres_trg = cell_centres(h2, w2, size / h2, size / w2, device)
-        target_pred = p02.float() @ centres_trg
-        centre_loss = (concentration_loss(target_pred * unit, valid) if cfg.centre_loss_weight > 0 else None)
+        # crop -> target soft-argmax: needed only by the concentration term and the figure
+        target_pred = None
+        if cfg.centre_loss_weight > 0 or return_vis:
+            target_pred = p02.float() @ cell_centres(h2, w2, size / h2, size / w2, device)
+        centre_loss = concentration_loss(target_pred * unit, valid) if cfg.centre_loss_weight > 0 else None
 
     with torch.no_grad():
         dist_px = (pred - gt).norm(dim=2)

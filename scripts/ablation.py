@@ -41,7 +41,6 @@ import torch  # noqa: E402
 from configs import CONFIG_DIR  # noqa: E402
 from configs.runtime import UserError, atomic_torch_save, atomic_write_json, atomic_write_text, run_cli  # noqa: E402
 from models.batchnorm import recalibrate_batchnorm  # noqa: E402
-from models.weights import build_resnet  # noqa: E402
 
 TRAIN_PRESET = CONFIG_DIR / "demo.yaml"
 EVAL_PRESET = CONFIG_DIR / "eval" / "demo.yaml"
@@ -114,8 +113,9 @@ def pair_images(setting: Setting, long_side: int, device: torch.device | str,
 def write_initial_weights(path: Path, arch: str, seed: int) -> Path:
     """Seeded torchvision ResNet with a 128-d linear head, saved as a plain state dict (read by both CLIs)."""
     if not path.is_file():
-        torch.manual_seed(seed)
-        atomic_torch_save(build_resnet(arch).state_dict(), path)
+        from models.weights import load_resnet
+
+        atomic_torch_save(load_resnet(arch, "random", seed)[0].state_dict(), path)
     return path
 
 

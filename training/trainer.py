@@ -44,7 +44,7 @@ from training.checkpoint import (
 from training.config import TrainConfig
 from training.data import TrainingData, build_training_data
 from training.gradients import accumulate_term_gradients, all_reduce_gradients
-from training.health import ChanceWatch, moco_chance_loss, setup_warnings
+from training.health import ChanceWatch, setup_warnings
 from training.logging import MetricsLogger
 from training.run_dir import open_run_folder
 from training.samplers import stream_seed
@@ -266,7 +266,7 @@ def train(cfg: TrainConfig, output_dir: str | Path | None = None, resume: str | 
                                    "images_per_s": cfg.batch_size * info.world_size / max(per_step, 1e-9),
                                    "pairs_per_s": cfg.pair_batch_size * info.world_size / max(per_step, 1e-9)}
                     if "loss_moco" in means:
-                        last_record["moco_chance_loss"] = moco_chance_loss(cfg.moco.queue_size)
+                        last_record["moco_chance_loss"] = chance_watch.chance
                     logger.log(last_record)
                     msg = chance_watch.update(means.get("loss_moco"))
                     if msg:
