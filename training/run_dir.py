@@ -216,6 +216,7 @@ def open_run_folder(out_dir: Path, resume: str | None, overwrite: bool, keep_las
     """Every process: the same read-only checks; the main process prepares the folder; then the other
     processes find the same checkpoint (the main process has already reconciled and pruned)."""
     check_run_folder(out_dir, resume, overwrite)
+    barrier(info)  # every process checks the folder as it was, before the main process changes it
     folder = prepare_run_folder(out_dir, resume, overwrite, keep_last, log) if info.is_main else None
     barrier(info)
     if folder is not None:
