@@ -12,14 +12,17 @@ Changed: the histogram is built by a float64 scatter (`index_add_` on CPU, sort 
 CUDA: deterministic) instead of the original's dense Ns x n_bins float32 buffer (equal up to
 float32 summation order: the bins' sums differ in the last bits at most); any device. On the
 CPU, for row-major grids of centres (hyperpixels), the histogram and the gather work from the per-axis bin
-tables, so no N x N index buffer exists (same sums, same values); `regularized_hough_matching(...,
-inplace=True)` writes the confidence into the votes' buffer.
+tables in bands of source rows run in threads, so no N x N index or gathered buffer exists (same sums, same
+values, whatever the thread count); `regularized_hough_matching(..., inplace=True)` writes the confidence
+into the votes' buffer.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import torch
@@ -31,6 +34,7 @@ __all__ = ["hough_space_shape", "hough_bins", "hough_histogram", "gaussian_filte
            "smooth_histogram", "regularized_hough_matching"]
 
 _CHUNK = 1 << 22  # elements converted to float64 at a time (32 MB)
+_PARTS = 4  # partial histograms of the grid path (fixed: results do not depend on the thread count)
 
 
 def hough_space_shape(src_size: Sequence[float], trg_size: Sequence[float],
@@ -95,23 +99,52 @@ def hough_bins(src_centers: Tensor, trg_centers: Tensor, src_size: Sequence[floa
     return bins.to(dtype), (ny, nx)
 
 
-def _grid_rhm(votes: Tensor, bins_y: Tensor, bins_x: Tensor, ny: int, nx: int, inplace: bool) -> Tensor:
-    """RHM for grids of centres without any N x N index buffer: the float64 histogram is accumulated over
-    blocks of source rows (their bins built per block from the per-axis tables), and the smoothed value
-    of every pair is gathered in two steps, per (source row, target row) then per (x_s, x_t)."""
-    (hs, ht), (ws, wt) = bins_y.shape, bins_x.shape
-    v4 = votes.view(hs, ws, ht, wt)
-    hist = torch.zeros(ny * nx, dtype=torch.float64, device=votes.device)
+def _grid_histogram(votes4: Tensor, by: Tensor, bx: Tensor, n_bins: int) -> Tensor:
+    """float64 histogram (n_bins,) of votes (h_s, w_s, h_t, w_t) with bins by[y_s, y_t] + bx[x_s, x_t]
+    (int32), accumulated in blocks of source rows; bins are built per block (no N x N index buffer)."""
+    hs, ws, ht, wt = votes4.shape
+    hist = torch.zeros(n_bins, dtype=torch.float64, device=votes4.device)
     rows = max(1, _CHUNK // (ws * ht * wt))
-    by, bx = bins_y.to(torch.int32), bins_x.to(torch.int32)
     for r in range(0, hs, rows):
         block = torch.add(by[r:r + rows].view(-1, 1, ht, 1), bx.view(1, ws, 1, wt))
-        hist.index_add_(0, block.view(-1), v4[r:r + rows].reshape(-1).double())
+        hist.index_add_(0, block.view(-1), votes4[r:r + rows].reshape(-1).double())
+    return hist
+
+
+def _grid_rhm(votes: Tensor, bins_y: Tensor, bins_x: Tensor, ny: int, nx: int, inplace: bool) -> Tensor:
+    """RHM for grids of centres without any N x N index or gathered buffer, in bands of source rows run
+    in threads (`index_add_` and the gather are sequential). The float64 histogram is the sum, in a fixed
+    order, of `_PARTS` partial histograms (one per band), so it does not depend on the thread count; then
+    each band multiplies its votes by the smoothed value of its pairs, gathered per (source row, target
+    row) then per (x_s, x_t)."""
+    (hs, ht), (ws, wt) = bins_y.shape, bins_x.shape
+    v4 = votes.view(hs, ws, ht, wt)
+    out4 = v4 if inplace else torch.empty_like(v4)
+    by, bx = bins_y.to(torch.int32), bins_x.to(torch.int32)
+    step = -(-hs // _PARTS)
+    bands = [(r, min(r + step, hs)) for r in range(0, hs, step)]
+    run = _pool(min(len(bands), torch.get_num_threads())).map
+    partial = list(run(lambda band: _grid_histogram(v4[band[0]:band[1]], by[band[0]:band[1]], bx, ny * nx),
+                       bands))
+    hist = partial[0]
+    for part in partial[1:]:
+        hist.add_(part)
     smoothed = smooth_histogram(hist.to(votes.dtype), ny, nx).view(ny, nx)
-    per_rows = smoothed[bins_y // nx].view(hs, 1, ht, nx).expand(hs, ws, ht, nx)  # (h_s, h_t, nx) table
-    gathered = torch.gather(per_rows, 3, bins_x.view(1, ws, 1, wt).expand(hs, ws, ht, wt))
-    gathered = gathered.view(votes.shape)
-    return votes.mul_(gathered) if inplace else gathered.mul_(votes)  # V * H~ == H~ * V exactly
+
+    def reweight(band: tuple[int, int]) -> None:
+        a, b = band
+        per_rows = smoothed[bins_y[a:b] // nx].view(b - a, 1, ht, nx).expand(b - a, ws, ht, nx)
+        gathered = torch.gather(per_rows, 3, bins_x.view(1, ws, 1, wt).expand(b - a, ws, ht, wt))
+        torch.mul(v4[a:b], gathered, out=out4[a:b])  # V * H~ == H~ * V exactly
+
+    list(run(reweight, bands))
+    return out4.view(votes.shape)
+
+
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A shared pool of `workers` threads (one worker: the bands run one after another)."""
+    return ThreadPoolExecutor(workers, thread_name_prefix="rhm")
 
 
 def hough_histogram(votes: Tensor, bins: Tensor, n_bins: int,

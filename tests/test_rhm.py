@@ -156,3 +156,21 @@ def test_grid_path_equals_the_flat_path_bit_for_bit():
     buffer = votes.clone()
     out = regularized_hough_matching(buffer, src_c, trg_c, *sizes, inplace=True)
     assert out.data_ptr() == buffer.data_ptr() and torch.equal(out, flat)
+
+
+def test_grid_path_does_not_depend_on_the_thread_count():
+    """The grid path accumulates partial histograms over bands of source rows in threads; the bands
+    and their summation order are fixed, so one thread and several give the same bits."""
+    _, centres = receptive_field_boxes(23, 31, 4, 27)
+    votes = torch.rand(len(centres), len(centres), generator=torch.Generator().manual_seed(3)) ** 4
+    sizes = ((124, 92), (124, 92))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = regularized_hough_matching(votes, centres, centres, *sizes)
+        torch.set_num_threads(4)
+        several = regularized_hough_matching(votes, centres, centres, *sizes)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, several)
+    assert one.abs().sum() > 0 and not torch.equal(one, votes)  # the histogram re-weighted the votes
