@@ -103,12 +103,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether bfloat16 convolutions beat float32 on `device`: CUDA with bf16 support, or a CPU with AMX
+    tiles (without AMX a CPU emulates bf16 and runs a ResNet several times slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return device.type == "cpu" and probe is not None and bool(probe())
+
+
 def set_faithful_numerics(device: torch.device, fast: bool = False) -> dict[str, Any]:
-    """Full float32 on CUDA (no TF32) unless `fast`; returns a record for results files."""
+    """Full float32 (no TF32 on CUDA) unless `fast`; returns a record for results files.
+
+    `fast` allows TF32 on CUDA, and the evaluation matcher then runs the backbone and CAM passes under
+    bf16 autocast where `bf16_is_fast(device)`; both change numbers, and the record says which applied.
+    """
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = fast
         torch.backends.cudnn.allow_tf32 = fast
-    return {"device": str(device), "precision": "tf32" if (fast and device.type == "cuda") else "float32"}
+    parts = (["tf32"] if fast and device.type == "cuda" else []) + (
+        ["bf16 backbone"] if fast and bf16_is_fast(device) else [])
+    return {"device": str(device), "precision": " + ".join(parts) or "float32"}
 
 
 def synchronize(device: torch.device) -> None:

@@ -242,3 +242,25 @@ def test_confidence_per_sim_matches_closed_forms(backbone):
     for exp1 in (1.0, 3.0):  # exp1 plays no role in the OT path
         ot, _, _ = conf(sim="OT", exp1=exp1, exp2=0.5)
         torch.testing.assert_close(ot, (n_s * plan).clamp(min=0) ** 0.5, rtol=1e-4, atol=1e-7)
+
+
+def test_fast_bf16_backbone_keeps_float32_features_and_close_predictions(backbone):
+    """`--fast` runs the backbone and CAM under bf16 autocast (forced here: this may be a CPU without AMX,
+    where `fast` alone keeps float32). Features reach matching as float32, and predictions stay close."""
+    img = _photo("chelsea")
+    height, width = img.shape[-2:]
+    trg = torch.zeros_like(img)
+    trg[:, 12:, 20:] = img[:, : height - 12, : width - 20]
+    kps = _kps(img, 10, seed=3, margin=30)
+    sample = _sample(0, img, trg, kps, kps + torch.tensor([20, 12]), "cat/a", "cat/b", "pfpascal")
+    settings = MatchSettings(long_side=160, fast=True)
+    faithful = Matcher(backbone, MatchSettings(long_side=160)).predict_pair(sample, IDS).pred
+    fast = Matcher(backbone, settings, bf16=True)
+    bf16_map = fast._blocks(img, IDS).maps[IDS[-1]]
+    fp32_map = Matcher(backbone, MatchSettings(long_side=160))._blocks(img, IDS).maps[IDS[-1]]
+    assert bf16_map.dtype == torch.float32 and not torch.equal(bf16_map, fp32_map)  # autocast applied
+    assert torch.allclose(bf16_map, fp32_map, rtol=0.1, atol=0.1 * float(fp32_map.abs().mean()))
+    pred = fast.predict_pair(sample, IDS).pred
+    assert torch.isfinite(pred).all()
+    assert ((pred - faithful).norm(dim=1) <= 8).float().mean() >= 0.8  # within two strides (resized px)
+    assert Matcher(backbone, settings, bf16=False).bf16 is False

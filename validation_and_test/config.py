@@ -48,7 +48,7 @@ class EvalConfig:
     max_pairs: Optional[int] = None
     device: str = "auto"
     seed: int = 0
-    fast: bool = False  # allow TF32 on CUDA (changes numbers; recorded in results.json)
+    fast: bool = False  # TF32 on CUDA, bf16 backbone + CAM where fast (changes numbers; recorded)
     cache_mb: float = 2048.0  # feature-cache budget per process
     num_workers: int = 2  # image-loading workers
     output_dir: Optional[str] = None
@@ -129,7 +129,8 @@ def eval_parent_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("run")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d)
     run.add_argument("--fast", action="store_true", default=d,
-                     help="allow TF32 on CUDA (changes numbers; recorded)")
+                     help="TF32 on CUDA; backbone and CAM in bf16 on CUDA and AMX CPUs (changes numbers; "
+                          "recorded)")
     run.add_argument("--config", default=None, help="YAML preset replacing configs/eval/<dataset>.yaml")
     return p
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import torch
 
-from configs.runtime import synchronize
+from configs.runtime import bf16_is_fast, synchronize
 from models.backbone import HyperpixelBackbone, hyper_image, validate_ids
 from models.cam import cam_map, cam_weights, linear_head, marginal
 from models.geometry import receptive_field_boxes, transfer_keypoints
@@ -47,13 +47,14 @@ class MatchSettings:
     hpf: bool = False  # downscale-only resize, margin pruning, RHM on max(0, cos)^3
     long_side: int = 300
     similarity: Literal["factorised", "dense"] = "factorised"  # dense: the (N, D) product (reference)
+    fast: bool = False  # backbone and CAM under bf16 autocast where the device runs bf16 fast
 
     @classmethod
     def from_config(cls, cfg: Any) -> MatchSettings:
         """The settings of an `EvalConfig` (test.py and the layer search build them only here)."""
         return cls(sim=cfg.sim, exp1=cfg.exp1, exp2=cfg.exp2, eps=cfg.eps, sinkhorn_iters=cfg.sinkhorn_iters,
                    solver=cfg.solver, classmap=cfg.classmap, hpf=cfg.hpf, long_side=cfg.long_side,
-                   similarity=cfg.similarity)
+                   similarity=cfg.similarity, fast=cfg.fast)
 
     @property
     def resize_rule(self) -> str:
@@ -134,9 +135,12 @@ class Matcher:
     """Hyperpixel features and SCOT matching for one backbone and one set of `MatchSettings`."""
 
     def __init__(self, backbone: HyperpixelBackbone, settings: MatchSettings | None = None,
-                 device: torch.device | str = "cpu", cache_mb: float = 2048.0, cache_blocks: bool = False):
+                 device: torch.device | str = "cpu", cache_mb: float = 2048.0, cache_blocks: bool = False,
+                 bf16: bool | None = None):
         self.settings = settings or MatchSettings()
         self.device = torch.device(device)
+        # backbone + CAM in bf16 (None: when `settings.fast` and the device runs bf16 fast)
+        self.bf16 = self.settings.fast and bf16_is_fast(self.device) if bf16 is None else bf16
         self.backbone = backbone.to(self.device).eval()
         if self.settings.needs_cam:
             linear_head(self.backbone.fc)  # fail early with the --classmap 0 hint
@@ -151,16 +155,19 @@ class Matcher:
         synchronize(self.device)
         t0 = time.perf_counter()
         x, s = prepare_image(img, self.settings.resize_rule, self.settings.long_side, self.device)
-        out = self.backbone.forward_blocks(x, ids, full=self.settings.needs_cam)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.backbone.forward_blocks(x, ids, full=self.settings.needs_cam)
+        maps = {i: m.float() for i, m in out.maps.items()}
         synchronize(self.device)
         t1 = time.perf_counter()
         cam = None
         if self.settings.needs_cam:
-            cam = cam_map(x, self.backbone.fc, out.final, self.backbone.forward_final)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                cam = cam_map(x, self.backbone.fc, out.final, self.backbone.forward_final).float()
             synchronize(self.device)
         self.timings["features"] += t1 - t0
         self.timings["cam"] += time.perf_counter() - t1
-        return _ImageBlocks(maps=out.maps, cam=cam, scale=s, size=(x.shape[-1], x.shape[-2]))
+        return _ImageBlocks(maps=maps, cam=cam, scale=s, size=(x.shape[-1], x.shape[-2]))
 
     def _assemble(self, blocks: _ImageBlocks, ids: tuple[int, ...]) -> ImageFeatures:
         t0 = time.perf_counter()
