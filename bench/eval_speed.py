@@ -37,9 +37,9 @@ import torch.nn.functional as F  # noqa: E402
 
 from configs.runtime import resolve_device, set_faithful_numerics, synchronize  # noqa: E402
 from models.backbone import HyperpixelBackbone  # noqa: E402
-from models.geometry import transfer_keypoints  # noqa: E402
 from models.rhm import gaussian_filter_7x7, hough_bins, hough_histogram, smooth_histogram  # noqa: E402
 from models.sinkhorn import cosine_similarity, ot_votes  # noqa: E402
+from models.transfer import transfer_keypoints  # noqa: E402
 from models.weights import load_resnet  # noqa: E402
 from validation_and_test.evaluate import Matcher, MatchSettings, evaluate  # noqa: E402
 from validation_and_test.preprocess import scale_keypoints  # noqa: E402

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from configs import REPO_ROOT  # noqa: E402
 from configs.runtime import DistInfo, resolve_device  # noqa: E402
 from training.config import load_train_config  # noqa: E402
-from training.logging import read_metrics  # noqa: E402
+from training.metrics import read_metrics  # noqa: E402
 
 PRESETS = {"demo": REPO_ROOT / "configs" / "demo.yaml",
            "paper": REPO_ROOT / "configs" / "train" / "pfpascal_r50.yaml"}

@@ -18,6 +18,8 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from configs.runtime import UserError
 
+STAGE_STRIDE = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}  # output stride of each ResNet stage
+
 
 def _conv_geometry(module: nn.Module) -> tuple[int, int]:
     """(effective kernel size, stride) of a conv / pool along one axis."""
@@ -158,3 +160,22 @@ def hyper_image(maps: dict[int, torch.Tensor], ids: Sequence[int]) -> torch.Tens
         parts.append(m if m.shape[-2:] == size else
                      F.interpolate(m, size=size, mode="bilinear", align_corners=True))
     return torch.cat(parts, dim=1)
+
+
+def resnet_features(net: ResNet, x: torch.Tensor, stage: str = "layer3", block: int = -1,
+                    relu: bool = True) -> torch.Tensor:
+    """Output of block `block` of ResNet stage `stage` (post- or pre-ReLU): (B, C, H/stride, W/stride)."""
+    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        layer = getattr(net, name)
+        if name != stage:
+            x = layer(x)
+            continue
+        n = len(layer)
+        last = block % n if -n <= block < n else None
+        if last is None:
+            raise UserError(f"cycle.feature_block={block} is out of range for {stage} ({n} blocks)")
+        for i in range(last):
+            x = layer[i](x)
+        return layer[last](x) if relu else block_pre_relu(layer[last], x)
+    raise UserError(f"unknown ResNet stage {stage!r}; choose one of {', '.join(STAGE_STRIDE)}")

@@ -2,15 +2,16 @@
 
 API (stable; the combined model and the training loop call it):
 
-    cfg = CycleConfig()             # paper + fixes; original_cycle_config() = the released code
+    cfg = CycleConfig()             # paper + fixes (configs/train/original.yaml: the released code)
     out = cycle_loss(encoder_q, src, trg, cfg, generator, return_vis=False)
     out.loss            # scalar L_cyc (unweighted; multiply by cfg.loss_weight)
     out.stats           # dict of detached 0-dim tensors: valid fraction, mean max probabilities, error in px
     out.vis             # None, or detached tensors for the paper-like figure (see `CycleResult`)
 
 Building blocks, each tested on its own: `attention_map` (step 1), `augment_and_crop` (steps 2-6: flip,
-rotation, attention-guided crop, cell ground truth with validity), `resnet_features` (step 7),
-`soft_argmax_walk` (steps 8-10), `masked_coordinate_mse` (step 11).
+rotation, attention-guided crop, cell ground truth with validity, geometry in `models.crop`),
+`models.backbone.resnet_features` (step 7), `soft_argmax_walk` (steps 8-10), `masked_coordinate_mse`
+(step 11).
 
 `encoder_q` is a torchvision ResNet (the MoCo query encoder); `src`, `trg`: (B, 3, S, S) ImageNet-normalised
 pairs (S = 224 in the paper). All random draws (flip, rotation angle, optional crop jitter) come from
@@ -24,9 +25,8 @@ cell j at column u, row v has centre s * (u + 1/2, v + 1/2) with s the feature s
 from __future__ import annotations
 
 import contextlib
-import math
-from dataclasses import dataclass, fields
-from typing import Any, Literal, Optional
+from dataclasses import dataclass
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +34,18 @@ import torchvision
 from torch import nn
 
 from configs.runtime import UserError
-from models.backbone import block_pre_relu
+from models.backbone import STAGE_STRIDE, resnet_features
 from models.batchnorm import batchnorm_eval, frozen_bn_stats
-
-STAGE_STRIDE = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
-VALID_EPS = 1e-4  # a warped pixel is in-image iff its bilinear validity >= 1 - VALID_EPS
+from models.crop import (
+    augmentation_theta,
+    augmented_to_source,
+    cell_centres,
+    cell_ground_truth,
+    crop_centres,
+    crop_theta,
+    tracking_grid,
+    warp,
+)
 
 
 @dataclass
@@ -82,23 +89,6 @@ class CycleConfig:
                              "cycle.centre_loss_weight must be >= 0")
 
 
-# Released behaviour (preset `original`): every fix off. T, P, rotation, flip are the paper's either way.
-ORIGINAL_CYCLE_OVERRIDES: dict[str, Any] = {
-    "pixel_centre_grid": False, "cell_mean_gt": False, "exact_crop_scale": False, "mask_invalid": False,
-    "attention_norm": "batch", "crop_centre": "first_max", "crop_jitter": 0.0, "attention_bn": "train",
-    "freeze_bn_stats": False, "fp32_affinity": False, "joint_pair_pass": False, "loss_reference_size": 0,
-}
-
-
-def original_cycle_config(**changes: Any) -> CycleConfig:
-    """CycleConfig of the released code (all section 9 switches off), then `changes`."""
-    names = {f.name for f in fields(CycleConfig)}
-    unknown = set(changes) - names
-    if unknown:
-        raise UserError(f"unknown cycle config key(s): {', '.join(sorted(unknown))}")
-    return CycleConfig(**{**ORIGINAL_CYCLE_OVERRIDES, **changes})
-
-
 @dataclass
 class CycleResult:
     """loss: scalar L_cyc; stats: detached 0-dim tensors; vis (when asked), all detached, B samples, m cells:
@@ -119,25 +109,11 @@ def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=device.type, enabled=False)
 
 
-# ---------------------------------------------------------------- backbone helpers
-
-def resnet_features(net: torchvision.models.ResNet, x: torch.Tensor, stage: str = "layer3", block: int = -1,
-                    relu: bool = True) -> torch.Tensor:
-    """Output of block `block` of ResNet stage `stage` (post- or pre-ReLU): (B, C, H/stride, W/stride)."""
-    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
-    for name in ("layer1", "layer2", "layer3", "layer4"):
-        layer = getattr(net, name)
-        if name != stage:
-            x = layer(x)
-            continue
-        n = len(layer)
-        last = block % n if -n <= block < n else None
-        if last is None:
-            raise UserError(f"cycle.feature_block={block} is out of range for {stage} ({n} blocks)")
-        for i in range(last):
-            x = layer[i](x)
-        return layer[last](x) if relu else block_pre_relu(layer[last], x)
-    raise UserError(f"unknown ResNet stage {stage!r}; choose one of {', '.join(STAGE_STRIDE)}")
+def self_attention(f4: torch.Tensor, pooled: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Cosine of every position of f4 (B, C, h, w) with the pooled vector (default: f4's spatial mean)
+    -> (B, h, w), in f4's dtype (the attention of the cycle branch and of the label-free layer score)."""
+    g = f4.mean(dim=(2, 3)) if pooled is None else pooled
+    return (F.normalize(g, dim=1)[:, :, None, None] * F.normalize(f4, dim=1)).sum(dim=1)
 
 
 @torch.no_grad()
@@ -156,7 +132,7 @@ def attention_map(net: torchvision.models.ResNet, images: torch.Tensor, norm: st
         else:
             g = f4.float().mean(dim=(2, 3))
     with _no_autocast(images.device):
-        a = (F.normalize(g, dim=1)[:, :, None, None] * F.normalize(f4.float(), dim=1)).sum(dim=1)
+        a = self_attention(f4.float(), g)
         b = a.shape[0]
         if norm == "image":
             lo = a.amin(dim=(1, 2), keepdim=True)
@@ -169,17 +145,6 @@ def attention_map(net: torchvision.models.ResNet, images: torch.Tensor, norm: st
         return (a - lo) / (hi - lo).clamp_min(1e-12)
 
 
-# ---------------------------------------------------------------- geometry (pure functions)
-
-def tracking_grid(batch: int, size: int, pixel_centre: bool = True, device: Optional[torch.device] = None,
-                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(B, 3, S, S): channels x/S, y/S of each source pixel (centre (i + 1/2)/S, or index i/S), validity 1."""
-    coords = (torch.arange(size, device=device, dtype=dtype) + (0.5 if pixel_centre else 0.0)) / size
-    ys, xs = torch.meshgrid(coords, coords, indexing="ij")
-    grid = torch.stack([xs, ys, torch.ones_like(xs)])
-    return grid.unsqueeze(0).expand(batch, -1, -1, -1).contiguous()
-
-
 def sample_augmentation(batch: int, cfg: CycleConfig, generator: torch.Generator,
                         device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (flip (B,) bool, angle (B,) degrees), drawn from `generator` in that order."""
@@ -189,125 +154,16 @@ def sample_augmentation(batch: int, cfg: CycleConfig, generator: torch.Generator
     return flip.to(device), angle.to(device)
 
 
-def augmentation_theta(flip: torch.Tensor, angle_deg: torch.Tensor) -> torch.Tensor:
-    """(B, 2, 3) affine_grid theta: output (augmented) normalised coords -> input (source) ones.
-
-    The source is flipped (x -> -x), then rotated about the centre: p_src = Flip @ Rot(angle) @ p_out.
-    """
-    rad = angle_deg.float() * (math.pi / 180.0)
-    cos, sin = torch.cos(rad), torch.sin(rad)
-    sign = 1.0 - 2.0 * flip.float()
-    zero = torch.zeros_like(cos)
-    return torch.stack([torch.stack([sign * cos, -sign * sin, zero], dim=1),
-                        torch.stack([sin, cos, zero], dim=1)], dim=1)
-
-
-def crop_theta(centre: torch.Tensor, patch: int, size: int, exact: bool = True) -> torch.Tensor:
-    """(B, 2, 3) theta of the axis-aligned P x P crop centred at `centre` (B, 2) (x, y) pixels of an S image.
-
-    exact: crop pixel i samples continuous coordinate c - P/2 + i + 1/2 (scale P/S). Otherwise the released
-    code's (S - 1) denominators: scale P/(S-1), translation 2c/(S-1) - 1 (about 224/223 too large).
-    """
-    denom = float(size) if exact else float(size - 1)
-    scale = patch / denom
-    t = 2.0 * centre.float() / denom - 1.0
-    theta = torch.zeros(centre.shape[0], 2, 3, device=centre.device)
-    theta[:, 0, 0] = scale
-    theta[:, 1, 1] = scale
-    theta[:, :, 2] = t
-    return theta
-
-
-def warp(x: torch.Tensor, theta: torch.Tensor, out_size: int) -> torch.Tensor:
-    """Bilinear resampling with zero padding, align_corners=False: (B, C, H, W) -> (B, C, out, out)."""
-    grid = F.affine_grid(theta.to(x.dtype), [x.shape[0], x.shape[1], out_size, out_size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def source_to_augmented(points: torch.Tensor, theta: torch.Tensor, size: int) -> torch.Tensor:
-    """Map (B, N, 2) source pixel coords through the inverse of `augmentation_theta` (rotation+flip)."""
-    p = 2.0 * points / size - 1.0
-    a = theta[:, :, :2]
-    q = torch.linalg.solve(a, (p - theta[:, None, :, 2]).transpose(1, 2)).transpose(1, 2)
-    return (q + 1.0) * size / 2.0
-
-
-def augmented_to_source(points: torch.Tensor, theta: torch.Tensor, size: int) -> torch.Tensor:
-    """Map (B, N, 2) augmented-image pixel coords to source pixel coords (x_src = A x_aug + t, normalised)."""
-    p = 2.0 * points / size - 1.0
-    q = p @ theta[:, :, :2].transpose(1, 2) + theta[:, None, :, 2]
-    return (q + 1.0) * size / 2.0
-
-
-def crop_centres(attn: torch.Tensor, attn_warped: torch.Tensor, theta: torch.Tensor, cfg: CycleConfig,
-                 size: int, generator: torch.Generator) -> torch.Tensor:
-    """(B, 2) crop centre (x, y) in augmented-image pixels, clamped to [P/2, S - P/2].
-
-    argmax_cell: centre of the arg-max cell of `attn` (B, h, w), mapped through flip/rotation (+ jitter).
-    first_max: released rule on the warped, upsampled map `attn_warped` (B, S, S): first row and, separately,
-    first column containing its maximum (integer pixel indices).
-    random: uniform in [P/2, S - P/2]^2, independent of the attention (+ jitter).
-    """
-    b = attn.shape[0]
-    half = cfg.patch_size / 2.0
-    if cfg.crop_centre == "random":
-        u = torch.rand(b, 2, generator=generator, device=generator.device).to(attn.device)
-        centre = half + u * (size - 2.0 * half)
-    elif cfg.crop_centre == "first_max":
-        hit = attn_warped == attn_warped.amax(dim=(1, 2), keepdim=True)
-        row = hit.any(dim=2).int().argmax(dim=1)
-        col = hit.any(dim=1).int().argmax(dim=1)
-        centre = torch.stack([col, row], dim=1).float()
-    else:
-        h, w = attn.shape[1:]
-        idx = attn.reshape(b, -1).argmax(dim=1)
-        cell = torch.stack([(idx % w).float() + 0.5, (idx // w).float() + 0.5], dim=1)
-        cell = cell * torch.tensor([size / w, size / h], device=attn.device)
-        centre = source_to_augmented(cell[:, None], theta, size)[:, 0]
-    if cfg.crop_jitter > 0:
-        noise = torch.rand(b, 2, generator=generator, device=generator.device).to(centre.device)
-        centre = centre + (noise * 2.0 - 1.0) * cfg.crop_jitter
-    return centre.clamp(half, size - half)
-
-
-def cell_ground_truth(grid_crop: torch.Tensor, stride: int, size: int, cell_mean: bool = True,
-                      mask_invalid: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cropped tracking grid (B, 3, P, P) -> GT (B, m, 2) source pixels (x, y) and valid (B, m) bool.
-
-    cell_mean: mean of the grid over each stride x stride cell; else the cell's top-left pixel (released).
-    A cell is valid iff every pixel's warped validity >= 1 - VALID_EPS (all of it in-image); without
-    mask_invalid every cell is valid.
-    """
-    if cell_mean:
-        xy = F.avg_pool2d(grid_crop[:, :2], stride)
-    else:
-        xy = grid_crop[:, :2, ::stride, ::stride]
-    gt = xy.flatten(2).transpose(1, 2) * size
-    if mask_invalid:
-        valid = (-F.max_pool2d(-grid_crop[:, 2:3], stride)).flatten(1) >= 1.0 - VALID_EPS
-    else:
-        valid = torch.ones(gt.shape[:2], dtype=torch.bool, device=gt.device)
-    return gt, valid
-
-
-def cell_centres(h: int, w: int, stride_y: float, stride_x: float, device: torch.device) -> torch.Tensor:
-    """(h*w, 2) centres (x, y) of the cells of an h x w feature map, row-major: stride * (u + 1/2, v + 1/2)"""
-    v, u = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
-                          torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
-    return torch.stack([(u.flatten() + 0.5) * stride_x, (v.flatten() + 0.5) * stride_y], dim=1)
-
-
 def soft_argmax_walk(f0: torch.Tensor, f1: torch.Tensor, f2: torch.Tensor, temperature: float,
                      centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Walk crop -> target -> source. f0 (B, C, m), f1, f2 (B, C, n); centres (n, 2) source cell centres.
 
-    Returns p_hat (B, m, 2) = softmax(f0^T f2 / T) softmax(f2^T f1 / T) centres, and the two row-softmaxes
-    (B, m, n), (B, n, n).
+    Returns p_hat (B, m, 2) = softmax(f0^T f2 / T) (softmax(f2^T f1 / T) centres), and the two row-softmaxes
+    (B, m, n), (B, n, n). The target -> source softmax is applied to the centres first (no m x n product).
     """
     p02 = torch.softmax(torch.bmm(f0.transpose(1, 2), f2) / temperature, dim=2)
     p21 = torch.softmax(torch.bmm(f2.transpose(1, 2), f1) / temperature, dim=2)
-    a_cyc = torch.bmm(p02, p21)
-    return a_cyc @ centres, p02, p21
+    return p02 @ (p21 @ centres), p02, p21
 
 
 @dataclass
@@ -346,7 +202,7 @@ def _augment_and_crop(src: torch.Tensor, attn: torch.Tensor, cfg: CycleConfig,
     theta = augmentation_theta(flip, angle)
     grid = tracking_grid(b, size, cfg.pixel_centre_grid, src.device)
     warped = warp(torch.cat([src.detach().float(), grid, attn_up], dim=1), theta, size)
-    centre = crop_centres(attn, warped[:, 6], theta, cfg, size, generator)
+    centre = crop_centres(attn, warped[:, 6], theta, size, generator, cfg.crop_centre, patch, cfg.crop_jitter)
     ctheta = crop_theta(centre, patch, size, cfg.exact_crop_scale)
     cropped = warp(warped[:, :6], ctheta, patch)
     gt, valid = cell_ground_truth(cropped[:, 3:6], stride, size, cfg.cell_mean_gt, cfg.mask_invalid)
@@ -449,21 +305,27 @@ def cycle_loss(encoder: torchvision.models.ResNet, src: torch.Tensor, trg: torch
         }
         if centre_loss is not None:
             stats["loss_centre"] = centre_loss.detach()
-    vis = None
-    if return_vis:
-        with torch.no_grad():
-            p01 = torch.softmax(torch.bmm(f0.detach().float().transpose(1, 2), f1.detach().float())
-                                / cfg.temperature, dim=2)
-            corners = torch.tensor([[-1, -1], [1, -1], [1, 1], [-1, 1]], device=device, dtype=torch.float32)
-            ctheta = sample.crop_theta
-            corners_norm = corners @ ctheta[:, :, :2].transpose(1, 2) + ctheta[:, None, :, 2]
-            corners_aug = (corners_norm + 1.0) * size / 2.0
-            vis = {
-                "src": src.detach(), "trg": trg.detach(), "crop": crop_img.detach(),
-                "attention": sample.attention_up,
-                "crop_corners": augmented_to_source(corners_aug, sample.theta, size),
-                "crop_points": gt, "gt": gt, "valid": valid, "cycle_pred": pred.detach(),
-                "direct_pred": p01 @ centres_src, "target_pred": target_pred.detach(),
-                "flip": sample.flip, "angle_deg": sample.angle_deg, "crop_centre": sample.centre,
-            }
+    vis = _figure_tensors(src, trg, sample, f0, f1, pred, target_pred, centres_src, cfg.temperature) \
+        if return_vis else None
     return CycleResult(loss=loss, stats=stats, vis=vis, centre_loss=centre_loss)
+
+
+@torch.no_grad()
+def _figure_tensors(src: torch.Tensor, trg: torch.Tensor, sample: CropSample, f0: torch.Tensor,
+                    f1: torch.Tensor, pred: torch.Tensor, target_pred: torch.Tensor,
+                    centres_src: torch.Tensor, temperature: float) -> dict[str, torch.Tensor]:
+    """The detached tensors of the pixel-level figure (`CycleResult.vis`), including the direct
+    crop -> source prediction and the crop corners in source pixels."""
+    size = src.shape[-1]
+    p01 = torch.softmax(torch.bmm(f0.detach().float().transpose(1, 2), f1.detach().float())
+                        / temperature, dim=2)
+    corners = torch.tensor([[-1, -1], [1, -1], [1, 1], [-1, 1]], device=src.device, dtype=torch.float32)
+    ctheta = sample.crop_theta
+    corners_aug = (corners @ ctheta[:, :, :2].transpose(1, 2) + ctheta[:, None, :, 2] + 1.0) * size / 2.0
+    return {
+        "src": src.detach(), "trg": trg.detach(), "crop": sample.crop, "attention": sample.attention_up,
+        "crop_corners": augmented_to_source(corners_aug, sample.theta, size),
+        "crop_points": sample.gt, "gt": sample.gt, "valid": sample.valid, "cycle_pred": pred.detach(),
+        "direct_pred": p01 @ centres_src, "target_pred": target_pred.detach(),
+        "flip": sample.flip, "angle_deg": sample.angle_deg, "crop_centre": sample.centre,
+    }

@@ -18,17 +18,17 @@ import pytest
 import torch
 
 from configs.runtime import UserError
-from validation_and_test.cycle_score import (
+from models.cycle import soft_argmax_walk
+from validation_and_test.layer_scores import (
     CycleScore,
     CycleScoreSettings,
     attention_peak,
-    cell_centres,
     crop_cell_targets,
     crop_image,
     crop_to_source,
-    cycle_prediction,
     make_crop_spec,
     pair_augmentation,
+    receptive_field_centres,
 )
 from validation_and_test.layer_search import (
     BeamSettings,
@@ -123,7 +123,7 @@ def test_crop_samples_where_its_ground_truth_says(flip, angle, monkeypatch):
     width, height, jump = 96, 64, 4  # non-square
     ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
     coords = torch.stack([xs, ys, torch.ones_like(xs)]).float()[None]  # the image holds its own coordinates
-    monkeypatch.setattr("validation_and_test.cycle_score.pair_augmentation", lambda *a: (flip, angle))
+    monkeypatch.setattr("validation_and_test.layer_scores.pair_augmentation", lambda *a: (flip, angle))
     spec = make_crop_spec(3, (width, height), (60.5, 30.5), CycleScoreSettings(patch=48))
     crop = crop_image(coords, spec)[0]
     if angle == 0.0 and not flip:
@@ -131,7 +131,7 @@ def test_crop_samples_where_its_ground_truth_says(flip, angle, monkeypatch):
         assert torch.allclose(crop, coords[0, :, oy:oy + 48, ox:ox + 48], atol=1e-4)
     grid = 48 // jump
     gt, valid = crop_cell_targets(spec, grid, grid, jump)
-    centres = cell_centres(grid, grid, jump).long()  # crop pixel (u j, v j) has centre u j + 1/2
+    centres = receptive_field_centres(grid, grid, jump).long()  # crop pixel (u j, v j) has centre u j + 1/2
     sampled = crop[:2, centres[:, 1], centres[:, 0]].t()
     inside = valid & (gt[:, 0] > 1) & (gt[:, 0] < width - 1) & (gt[:, 1] > 1) & (gt[:, 1] < height - 1)
     assert inside.sum() > 0.8 * len(inside)
@@ -152,14 +152,14 @@ def test_attention_peak_and_keyed_augmentation():
     assert any(f for f, _ in draws) and not all(f for f, _ in draws)
 
 
-def test_cycle_prediction_recovers_the_origin_with_perfect_features():
+def test_the_scorer_walk_recovers_the_origin_with_perfect_features():
     g = torch.Generator().manual_seed(0)
     f1 = torch.nn.functional.normalize(torch.randn(30, 16, generator=g), dim=1)
     perm = torch.randperm(30, generator=g)
     f2 = f1[perm]  # the target is a shuffled copy of the source
     idx = torch.tensor([4, 17, 29, 0])
-    centres = cell_centres(5, 6, 8)
-    pred = cycle_prediction(f1[idx], f1, f2, centres, temperature=0.0007)
+    centres = receptive_field_centres(5, 6, 8)
+    pred = soft_argmax_walk(f1[idx].t()[None], f1.t()[None], f2.t()[None], 0.0007, centres)[0][0]
     assert torch.allclose(pred, centres[idx], atol=1e-4)
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from helpers import original_cycle_config
 
 from configs.runtime import UserError
 from models.contrastive import ContrastiveCorrespondence
-from models.cycle import CycleConfig, original_cycle_config
+from models.cycle import CycleConfig
 from models.moco import MoCoConfig
 
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 from scipy import ndimage
 
-from models.geometry import receptive_field_boxes
 from models.rhm import (
     gaussian_filter_7x7,
     hough_bins,
@@ -18,6 +17,7 @@ from models.rhm import (
     hough_space_shape,
     regularized_hough_matching,
 )
+from models.transfer import receptive_field_boxes
 
 
 def _tiny_problem(seed: int = 0):

@@ -21,7 +21,7 @@ from models.contrastive import ContrastiveCorrespondence
 from models.cycle import CycleConfig
 from models.moco import MoCoConfig
 from models.weights import load_resnet
-from training.logging import read_metrics
+from training.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, "training/train.py", "--config", "configs/demo.yaml", "--device", "cpu"]

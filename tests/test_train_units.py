@@ -25,7 +25,7 @@ from training.checkpoint import (
     step_checkpoints,
 )
 from training.config import load_train_config
-from training.logging import METRIC_FIELDS, read_metrics
+from training.metrics import METRIC_FIELDS, read_metrics
 from training.samplers import ImageStreamSampler, MixedBatchSampler, PairStreamSampler
 from training.schedule import cosine_schedule, step_schedule
 
@@ -243,7 +243,7 @@ class _Pairs(torch.utils.data.Dataset):
 
 
 def _run_in_process(tmp_path, monkeypatch, pairs: _Pairs, overrides: list[str]):
-    import training.data as tdata
+    import training.loader as tdata
     import training.trainer as trainer
 
     real = tdata.build_training_data

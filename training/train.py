@@ -8,11 +8,7 @@
 import sys
 from pathlib import Path
 
-# Run as a script, Python puts training/ first on sys.path, where training/logging.py would shadow the
-# standard library's `logging`: replace that entry by the repository root before anything is imported.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
 from collections.abc import Sequence  # noqa: E402

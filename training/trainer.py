@@ -42,10 +42,10 @@ from training.checkpoint import (
     save_checkpoint,
 )
 from training.config import TrainConfig
-from training.data import TrainingData, build_training_data
 from training.gradients import accumulate_term_gradients, all_reduce_gradients
 from training.health import ChanceWatch, setup_warnings
-from training.logging import MetricsLogger
+from training.loader import TrainingData, build_training_data
+from training.metrics import MetricsLogger
 from training.run_dir import open_run_folder
 from training.samplers import stream_seed
 from training.schedule import build_lr_schedule

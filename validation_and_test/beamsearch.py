@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_values(vars(args), "command line")
     if args.search_output_dir:
         check_writable_dir(args.search_output_dir, "--output-dir")
-    from validation_and_test.cycle_score import CycleScoreSettings
+    from validation_and_test.layer_scores import CycleScoreSettings
     from validation_and_test.layer_search import (
         BeamSettings,
         parse_id_ranges,

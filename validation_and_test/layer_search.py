@@ -11,11 +11,11 @@ Algorithm (HPF's, with the original's defects fixed; `BeamSettings` switches the
    the original, it ends the parent's loop (`"break"`, its later extensions are never scored);
 3. keep the `beam` best of each depth (ties: first generated); return the best set ever scored.
 So `depth` is the maximum set size. Scores are "higher is better" (PCK in percent; the label-free cycle
-score is minus a squared error, `cycle_score.py`).
+score is minus a squared error, `layer_scores.py`).
 
-`PCKScore` scores a set with `evaluate` (the loop `test.py` runs; block cache: the backbone and CAM run
-once per image, a new set only re-assembles hyperpixels and re-runs the matching) using exactly the
-matching settings that `test.py` resolves for the dataset (`resolve_search_config`).
+`layer_scores.PCKScore` scores a set with `evaluate` (the loop `test.py` runs; block cache: the backbone
+and CAM run once per image, a new set only re-assembles hyperpixels and re-runs the matching) using
+exactly the matching settings that `test.py` resolves for the dataset (`resolve_search_config`).
 """
 
 from __future__ import annotations
@@ -218,65 +218,6 @@ def resolve_search_config(flags: dict[str, Any], config_path: Optional[str] = No
     return replace(cfg, split=split), preset, fell_back
 
 
-# ------------------------------------------------------------------------------------------- PCK score
-class CachedPairs:
-    """`dataset[i]` memoised (decoded images, keypoints, boxes), LRU-bounded by `max_mb`; every other
-    attribute (`name`, `split`, `check_thres`, `pair_meta`, ...) is the wrapped dataset's. Samples are
-    shared between calls: callers must not modify them in place (the matcher does not)."""
-
-    def __init__(self, dataset: Any, max_mb: float = 1024.0):
-        from validation_and_test.feature_cache import FeatureCache
-
-        self.dataset = dataset
-        self.samples = FeatureCache(max_mb)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.samples.get_or_compute(int(i), lambda: _SizedSample(self.dataset[i])).sample
-
-    def __getattr__(self, name: str) -> Any:
-        if name in ("dataset", "samples"):
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
-
-
-class _SizedSample:
-    def __init__(self, sample: dict[str, Any]):
-        self.sample = sample
-
-    def nbytes(self) -> int:
-        return sum(v.numel() * v.element_size() for v in self.sample.values() if torch.is_tensor(v))
-
-
-class PCKScore:
-    """Score = PCK@`alpha` (percent, per-pair mean, `thres` resolved as test.py does) over `indices`.
-
-    `matcher` should be built with `cache_blocks=True` and a `cache_mb` that holds every image of the
-    scored pairs; otherwise images are recomputed (correct, slower; see `cache_stats`).
-    """
-
-    def __init__(self, matcher: Any, dataset: Any, indices: Sequence[int], alpha: float = 0.1,
-                 thres: str = "auto"):
-        from validation_and_test.evaluate import evaluate, resolve_thres
-
-        self._evaluate = evaluate
-        self.matcher = matcher
-        self.dataset = dataset
-        self.indices = list(indices)
-        self.alpha = float(alpha)
-        self.thres = resolve_thres(dataset, thres)
-
-    def __call__(self, ids: tuple[int, ...]) -> float:
-        result = self._evaluate(self.matcher, self.dataset, ids, (self.alpha,), self.thres,
-                                indices=self.indices)
-        return float(result.summary["pck"][f"{self.alpha:g}"])
-
-    def cache_stats(self) -> dict[str, float]:
-        return self.matcher.cache.stats()
-
-
 def beam_settings_json(settings: BeamSettings, n_ids: int) -> dict[str, Any]:
     d = asdict(settings)
     d["bases"] = list(settings.bases) if settings.bases is not None else list(range(n_ids))
@@ -352,10 +293,12 @@ def run_layer_search(cfg: EvalConfig, beam: BeamSettings, score: Literal["pck", 
     scorer: Any
     if score == "pck":
         matcher = Matcher(backbone, settings, device, cache_mb=cache_mb, cache_blocks=True)
+        from validation_and_test.layer_scores import CachedPairs, PCKScore
+
         scorer = PCKScore(matcher, CachedPairs(dataset, sample_cache_mb), indices, alpha, cfg.thres)
         thres: Optional[str] = scorer.thres
     else:
-        from validation_and_test.cycle_score import CycleScore, CycleScoreSettings
+        from validation_and_test.layer_scores import CycleScore, CycleScoreSettings
 
         cycle = cycle or CycleScoreSettings()
         cycle = replace(cycle, resize_rule=settings.resize_rule, long_side=cfg.long_side)
@@ -387,7 +330,7 @@ def run_layer_search(cfg: EvalConfig, beam: BeamSettings, score: Literal["pck", 
         }
         doc["matching"]["used"] = score == "pck"
         if score == "cycle":
-            from validation_and_test.cycle_score import crops_json
+            from validation_and_test.layer_scores import crops_json
 
             doc["cycle"] = {**scorer.describe(), "crops": crops_json(scorer)}
         if score == "pck":

@@ -22,10 +22,10 @@ import torch
 from configs.runtime import bf16_is_fast, synchronize
 from models.backbone import HyperpixelBackbone, hyper_image, validate_ids
 from models.cam import cam_map, cam_weights, linear_head, marginal
-from models.geometry import receptive_field_boxes, transfer_keypoints
 from models.hyper_similarity import FactorisedHyperpixels, factorise, factorised_cosine
 from models.rhm import regularized_hough_matching
 from models.sinkhorn import cosine_similarity, ot_votes
+from models.transfer import receptive_field_boxes, transfer_keypoints
 from validation_and_test.feature_cache import FeatureCache
 from validation_and_test.preprocess import prepare_image, scale_keypoints
 

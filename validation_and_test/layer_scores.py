@@ -1,7 +1,10 @@
-"""Label-free layer score: cycle re-localisation error of attention-guided crops (`evaluation.md` §13).
+"""Scores of a hyperpixel id set for the layer search (higher is better).
 
-Exact definition (ours; the original's inconsistencies fixed). For every scored pair i (source I_s, target
-I_t of the split):
+- `PCKScore`: PCK@alpha over labelled pairs, through the evaluation loop (`evaluate`).
+- `CycleScore`: label-free, minus the cycle re-localisation error of attention-guided crops, defined
+  below (ours; the original's inconsistencies fixed; docs/protocol.md).
+
+Cycle score, for every scored pair i (source I_s, target I_t of the split):
 
 1. Frame. Both images are prepared exactly as for matching (`preprocess.prepare_image`: ImageNet
    normalisation, SCOT resize to long side 300, aspect kept); every coordinate below is a *continuous*
@@ -19,9 +22,10 @@ I_t of the split):
    crop pixel k samples source point p(k + 1/2) with p(x) = M x + c + M (o - c), no scale change.
 4. Hyperpixels of a candidate id set: `hyper_image` of the crop, source and target (smallest id's grid,
    jump j), flattened row-major and L2-normalised per hyperpixel (the whole concatenated vector).
-5. Walk. A02 = f0 f2^T / T (crop -> target), A21 = f2 f1^T / T (target -> source), T = `temperature`;
-   prediction of crop cell a: p_hat(a) = softmax_row(A02) softmax_row(A21) c1, with c1(j) = (u j + 1/2,
-   v j + 1/2) the receptive-field centre of source cell j (the same convention as the GT).
+5. Walk (the training branch's `soft_argmax_walk`). A02 = f0 f2^T / T (crop -> target), A21 = f2 f1^T / T
+   (target -> source), T = `temperature`; prediction of crop cell a: p_hat(a) = softmax_row(A02)
+   softmax_row(A21) c1, with c1(j) = (u j + 1/2, v j + 1/2) the receptive-field centre of source cell j
+   (the same convention as the GT; the training branch's `cell_centres` are cell middles instead).
 6. Ground truth of crop cell a = (u, v): p((u j + 1/2, v j + 1/2)) exactly (the source point its receptive
    field centre was sampled from). Valid iff it lies inside the source image [0, W] x [0, H].
 7. Pair error = mean over valid cells and both coordinates of (p_hat - GT)^2 (resized-frame px^2).
@@ -44,6 +48,7 @@ import torch.nn.functional as F
 
 from configs.runtime import UserError
 from models.backbone import HyperpixelBackbone, hyper_image, validate_ids
+from models.cycle import masked_coordinate_mse, self_attention, soft_argmax_walk
 from validation_and_test.feature_cache import FeatureCache
 from validation_and_test.preprocess import prepare_image
 
@@ -106,10 +111,7 @@ def augmentation_matrix(flip: bool, angle_deg: float) -> torch.Tensor:
 
 def attention_peak(final: torch.Tensor, jump: int) -> tuple[float, float]:
     """Arg-max of cos(mean(F4), F4(h, w)) over a (1, C, h, w) map -> its cell centre (x, y) in px."""
-    f = final[0].flatten(1).double()  # (C, n)
-    g = f.mean(dim=1)
-    att = F.normalize(g, dim=0) @ F.normalize(f, dim=0)
-    idx = int(att.argmax())
+    idx = int(self_attention(final.double()).flatten().argmax())
     width = final.shape[-1]
     return (idx % width) * jump + 0.5, (idx // width) * jump + 0.5
 
@@ -150,7 +152,7 @@ def crop_image(x: torch.Tensor, spec: CropSpec) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def cell_centres(grid_h: int, grid_w: int, jump: int, device: Any = None) -> torch.Tensor:
+def receptive_field_centres(grid_h: int, grid_w: int, jump: int, device: Any = None) -> torch.Tensor:
     """Receptive-field centres (h*w, 2) (x, y) = (u j + 1/2, v j + 1/2), row-major, float32."""
     v, u = torch.meshgrid(torch.arange(grid_h, dtype=torch.float32, device=device),
                           torch.arange(grid_w, dtype=torch.float32, device=device), indexing="ij")
@@ -160,7 +162,7 @@ def cell_centres(grid_h: int, grid_w: int, jump: int, device: Any = None) -> tor
 def crop_cell_targets(spec: CropSpec, grid_h: int, grid_w: int, jump: int
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """GT (m, 2) source px (float32) of the crop's cells and valid (m,) bool (inside the source image)."""
-    gt = crop_to_source(spec, cell_centres(grid_h, grid_w, jump))
+    gt = crop_to_source(spec, receptive_field_centres(grid_h, grid_w, jump))
     width, height = spec.size
     valid = (gt[:, 0] >= 0) & (gt[:, 0] <= width) & (gt[:, 1] >= 0) & (gt[:, 1] <= height)
     return gt.float(), valid
@@ -173,24 +175,6 @@ def normalized_hyperpixels(maps: dict[int, torch.Tensor], ids: Sequence[int]
     hyper = hyper_image({i: maps[i] for i in ids}, ids)[0]
     grid_h, grid_w = hyper.shape[-2:]
     return F.normalize(hyper.flatten(1).t(), dim=1), grid_h, grid_w
-
-
-def cycle_prediction(f0: torch.Tensor, f1: torch.Tensor, f2: torch.Tensor, centres1: torch.Tensor,
-                     temperature: float) -> torch.Tensor:
-    """Walk crop -> target -> source: softmax(f0 f2^T / T) softmax(f2 f1^T / T) centres1 -> (m, 2).
-
-    f0 (m, D), f1 (n1, D), f2 (n2, D); centres1 (n1, 2). The (n2, n1) product is applied to the centres
-    first, so no (m, n1) matrix is formed.
-    """
-    trg_to_src = torch.softmax(f2 @ f1.t() / temperature, dim=1) @ centres1  # (n2, 2)
-    return torch.softmax(f0 @ f2.t() / temperature, dim=1) @ trg_to_src
-
-
-def masked_mse(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> float:
-    """Mean over valid rows and both coordinates of (pred - gt)^2; NaN when nothing is valid."""
-    if not bool(valid.any()):
-        return float("nan")
-    return float((pred[valid].double() - gt[valid].double()).pow(2).mean())
 
 
 # ------------------------------------------------------------------------------------------ scorer
@@ -254,10 +238,13 @@ class CycleScore:
         f1, h1, w1 = normalized_hyperpixels(src.maps, ids)
         f2, _, _ = normalized_hyperpixels(trg.maps, ids)
         f0, h0, w0 = normalized_hyperpixels(crop.maps, ids)
-        centres = cell_centres(h1, w1, jump, self.device)
-        pred = cycle_prediction(f0, f1, f2, centres, self.settings.temperature)
+        centres = receptive_field_centres(h1, w1, jump, self.device)
+        pred = soft_argmax_walk(f0.t()[None], f1.t()[None], f2.t()[None], self.settings.temperature,
+                                centres)[0][0].cpu()
         gt, valid = crop_cell_targets(spec, h0, w0, jump)
-        return masked_mse(pred.cpu(), gt, valid)
+        if not bool(valid.any()):
+            return float("nan")
+        return float(masked_coordinate_mse(pred.double()[None], gt.double()[None], valid[None]))
 
     def pair_errors(self, ids: Sequence[int]) -> dict[int, float]:
         return {i: self.pair_error(i, ids) for i in self.indices}
@@ -271,7 +258,7 @@ class CycleScore:
 
     def describe(self) -> dict[str, Any]:
         return {"definition": "minus mean over pairs of the masked cycle MSE, resized-frame px^2 "
-                              "(validation_and_test/cycle_score.py)",
+                              "(validation_and_test/layer_scores.py)",
                 "seed": self.settings.seed, "patch": self.settings.patch,
                 "rotate_deg": self.settings.rotate_deg, "flip_prob": self.settings.flip_prob,
                 "temperature": self.settings.temperature, "resize_rule": self.settings.resize_rule,
@@ -282,3 +269,60 @@ def crops_json(scorer: CycleScore) -> list[dict[str, Any]]:
     """The crops used (after a scoring run): index, flip, angle, origin, patch."""
     return [{"index": s.index, "flip": s.flip, "angle_deg": round(s.angle_deg, 6), "origin": list(s.origin),
              "patch": s.patch} for _, s in sorted(scorer.specs.items())]
+
+
+# ------------------------------------------------------------------------------------------ PCK score
+class CachedPairs:
+    """`dataset[i]` memoised (decoded images, keypoints, boxes), LRU-bounded by `max_mb`; every other
+    attribute (`name`, `split`, `check_thres`, `pair_meta`, ...) is the wrapped dataset's. Samples are
+    shared between calls: callers must not modify them in place (the matcher does not)."""
+
+    def __init__(self, dataset: Any, max_mb: float = 1024.0):
+        self.dataset = dataset
+        self.samples = FeatureCache(max_mb)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.samples.get_or_compute(int(i), lambda: _SizedSample(self.dataset[i])).sample
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("dataset", "samples"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+class _SizedSample:
+    def __init__(self, sample: dict[str, Any]):
+        self.sample = sample
+
+    def nbytes(self) -> int:
+        return sum(v.numel() * v.element_size() for v in self.sample.values() if torch.is_tensor(v))
+
+
+class PCKScore:
+    """Score = PCK@`alpha` (percent, per-pair mean, `thres` resolved as test.py does) over `indices`.
+
+    `matcher` should be built with `cache_blocks=True` and a `cache_mb` that holds every image of the
+    scored pairs; otherwise images are recomputed (correct, slower; see `cache_stats`).
+    """
+
+    def __init__(self, matcher: Any, dataset: Any, indices: Sequence[int], alpha: float = 0.1,
+                 thres: str = "auto"):
+        from validation_and_test.evaluate import evaluate, resolve_thres
+
+        self._evaluate = evaluate
+        self.matcher = matcher
+        self.dataset = dataset
+        self.indices = list(indices)
+        self.alpha = float(alpha)
+        self.thres = resolve_thres(dataset, thres)
+
+    def __call__(self, ids: tuple[int, ...]) -> float:
+        result = self._evaluate(self.matcher, self.dataset, ids, (self.alpha,), self.thres,
+                                indices=self.indices)
+        return float(result.summary["pck"][f"{self.alpha:g}"])
+
+    def cache_stats(self) -> dict[str, float]:
+        return self.matcher.cache.stats()

@@ -4,8 +4,7 @@ One JSON object per logged step, fields (`METRIC_FIELDS`, tested): step, epoch, 
 loss_cycle, moco_top1, moco_top5, data_time and compute_time (seconds per step, averaged over the interval),
 images_per_s (ImageNet images per second, all ranks), plus any extra scalars: the training-health fields
 (`grad_norm_moco`, `grad_norm_pixel`, `moco_chance_loss`, `cycle_centre_baseline`, ...; docs/method.md).
-Other ranks get a no-op logger. Named `logging.py` inside the `training` package: import it as
-`training.logging` (stdlib `logging` is unaffected under absolute imports).
+Other ranks get a no-op logger.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from models.geometry import keypoint_neighbours, receptive_field_boxes, transfer_keypoints
+from models.transfer import keypoint_neighbours, receptive_field_boxes, transfer_keypoints
 
 
 def test_boxes_hand_worked():
