@@ -77,7 +77,7 @@ def to_uint8_image(image: Any, what: str = "image") -> torch.Tensor:
             arr = np.repeat(arr[:, :, None], 3, axis=2)
         if arr.ndim != 3 or arr.shape[2] not in (3, 4):
             raise UserError(f"{what}: expected an array (H, W), (H, W, 3) or (H, W, 4), got {arr.shape}")
-        tensor = torch.from_numpy(np.ascontiguousarray(arr[:, :, :3])).permute(2, 0, 1)
+        tensor = torch.from_numpy(np.array(arr[:, :, :3], copy=True)).permute(2, 0, 1)
     elif isinstance(image, torch.Tensor):
         tensor = image.detach().cpu()
         if tensor.dim() == 2:
@@ -126,7 +126,9 @@ class Correspondence:
         unknown = sorted(set(overrides) - set(CONFIG_KEYS) - {"config"})
         if unknown:
             raise UserError(f"unknown setting(s) {', '.join(unknown)} (known: {', '.join(CONFIG_KEYS)})")
-        flags = {"dataset": preset, "device": device, **overrides}
+        flags = {"device": device, **overrides}
+        if "config" not in overrides:  # a config file names its own dataset
+            flags["dataset"] = preset
         if weights is not None:
             flags["weights"] = str(weights)
         cfg, path, ids_given = resolve_config(argparse.Namespace(**flags))
