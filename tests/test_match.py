@@ -197,3 +197,28 @@ def test_warp_of_identical_pair_reproduces_the_source(corr, photo):
     assert warped.shape == img.shape
     diff = (warped.float() - img.float()).abs().mean()
     assert float(diff) < 20  # a few pixels of shift at most; a wrong warp differs by far more
+
+
+def test_compare_runs_overlays_and_tabulates(small_config, tmp_path, capsys):
+    import importlib.util
+
+    from validation_and_test.test import main
+
+    spec = importlib.util.spec_from_file_location("compare_runs", Path(__file__).parents[1] / "scripts" /
+                                                  "compare_runs.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    root = str(ensure_demo_data())
+    for name, ids in (("a", "2,3,5"), ("b", "2,3")):
+        assert main(["--config", str(small_config), "--datapath", root, "--max-pairs", "1", "--device", "cpu",
+                     "--hyperpixel", ids, "--output-dir", str(tmp_path / name), "--no-plots"]) == 0
+    capsys.readouterr()
+    plot = tmp_path / "cmp.png"
+    assert compare.main([str(tmp_path / "a"), str(tmp_path / "b"), "--output", str(plot)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| run | dataset") and "PCK@0.1" in table[0]
+    assert table[2].startswith("| a | demo test | resnet18 |") and "| 2,3 |" in table[3]
+    with Image.open(plot) as img:
+        assert np.asarray(img.convert("L")).std() > 1
+    with pytest.raises(UserError, match="no results.json"):
+        compare.main([str(tmp_path / "a"), str(tmp_path / "none")])
