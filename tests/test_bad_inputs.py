@@ -1,8 +1,9 @@
 """The bad-input table: every case runs a CLI (in-process through `run_cli`, a few as real subprocesses) and
 must exit non-zero with exactly one line on stderr naming the problem, and no traceback.
 
-CLIs: training/train.py, validation_and_test/test.py, validation_and_test/beamsearch.py, data/download.py
-(behind scripts/download_*.sh). No case downloads, trains or evaluates: every refusal comes first."""
+CLIs: training/train.py, validation_and_test/test.py, validation_and_test/beamsearch.py,
+validation_and_test/match.py, data/download.py (behind scripts/download_*.sh). No case downloads, trains or
+evaluates: every refusal comes first."""
 
 from __future__ import annotations
 
@@ -218,6 +219,56 @@ DOWNLOAD_CASES: dict[str, tuple[Argv, str]] = {
 }
 
 
+# ------------------------------------------------------------------------------------------ match.py
+def _photo(tmp: Path, name: str = "p.png") -> str:
+    from PIL import Image
+
+    path = tmp / name
+    Image.new("RGB", (64, 48), (90, 120, 30)).save(path)
+    return str(path)
+
+
+def _checkpoint(tmp: Path, arch: str = "resnet18") -> str:
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp / f"{arch}.pth"
+    net = getattr(torchvision.models, arch)(num_classes=8)
+    torch.save({"arch": arch, "state_dict": net.state_dict()}, path)
+    return str(path)
+
+
+def _match(*extra: str, src: Callable[[Path], str] = _photo, kps: str | None = "5,5") -> Argv:
+    return lambda t: [src(t), _photo(t, "q.png"), "--device", "cpu", "--output-dir", str(t / "m"),
+                      *([f"--src-kps={kps}"] if kps is not None else []), *extra]
+
+
+MATCH_CASES: dict[str, tuple[Argv, str]] = {
+    "image_missing": (_match(src=lambda t: str(t / "none.png")), "is missing"),
+    "image_unreadable": (_match(src=lambda t: str(_file(t, "bad.png", b"not a png"))), "unreadable"),
+    "image_too_thin": (_match(src=lambda t: str(_file(t, "thin.pgm", b"P5 2000 1 255\n" + bytes(2000)))),
+                       "at least 8"),
+    "kps_outside": (_match(kps="5,5;64,10"), "outside the 64x48 image"),
+    "kps_negative": (_match(kps="-1,5"), "outside"),
+    "kps_malformed": (_match(kps="5;5"), "not a pair of numbers"),
+    "kps_not_numbers": (_match(kps="a,b"), "not a pair of numbers"),
+    "kps_nan": (_match(kps="nan,3"), "not finite"),
+    "kps_empty": (_match(kps=";"), "no keypoints"),
+    "kps_file_missing": (lambda t: _match(kps=str(t / "none.json"))(t), "is missing"),
+    "kps_json_invalid": (lambda t: _match(kps=str(_file(t, "k.json", "[[1, 2]")))(t), "not valid JSON"),
+    "kps_json_wrong_shape": (lambda t: _match(kps=str(_file(t, "k.json", '{"a": 1}')))(t), "list of [x, y]"),
+    "kps_csv_three_columns": (lambda t: _match(kps=str(_file(t, "k.csv", "1,2,3\n")))(t), "pair of numbers"),
+    "grid_zero": (_match("--grid", "0", kps=None), "--grid"),
+    "exp2_negative": (_match("--exp2", "-1"), "exp2"),
+    "output_dir_is_a_file": (lambda t: [*_match()(t), "--output-dir", str(_file(t, "f", "x"))], "is a file"),
+    "checkpoint_wrong_arch": (lambda t: _match("--weights", _checkpoint(t))(t),
+                              "hyperpixel ids for resnet50 but the weights are a resnet18"),
+    "checkpoint_not_a_resnet": (lambda t: _match("--weights", str(_file(t, "x.pth", b"garbage")))(t),
+                                "cannot read checkpoint"),
+}
+
+
 def _main(cli: str):
     if cli == "train":
         from training.train import main
@@ -225,6 +276,8 @@ def _main(cli: str):
         from validation_and_test.test import main
     elif cli == "search":
         from validation_and_test.beamsearch import main
+    elif cli == "match":
+        from validation_and_test.match import main
     else:
         from data.download import main
     return main
@@ -232,7 +285,7 @@ def _main(cli: str):
 
 CASES = [pytest.param(cli, argv, needle, id=f"{cli}-{name}")
          for cli, table in (("train", TRAIN_CASES), ("eval", EVAL_CASES), ("search", SEARCH_CASES),
-                            ("download", DOWNLOAD_CASES))
+                            ("download", DOWNLOAD_CASES), ("match", MATCH_CASES))
          for name, (argv, needle) in table.items()]
 
 
@@ -247,7 +300,7 @@ def assert_one_line_error(code: int | None, err: str, needle: str) -> None:
 @pytest.fixture(autouse=True)
 def fresh_loggers():
     """The project's loggers bind the stderr of the test that created them: start each case afresh."""
-    names = ("train", "eval", "data", "search")
+    names = ("train", "eval", "data", "search", "match")
     for name in names:
         logging.getLogger(name).handlers.clear()
     yield
@@ -276,10 +329,11 @@ SUBPROCESS_CASES = [
     (["validation_and_test/test.py", "--dataset", "pfwillow", "--alpha", "inf", "--output-dir", "{tmp}/o"],
      "alpha"),
     (["validation_and_test/beamsearch.py", "--dataset", "pfwillow", "--rotate", "nan"], "rotate"),
+    (["validation_and_test/match.py", "{tmp}/none.png", "{tmp}/none2.png"], "none.png is missing"),
 ]
 
 
-@pytest.mark.parametrize("argv, needle", SUBPROCESS_CASES, ids=["train", "test", "beamsearch"])
+@pytest.mark.parametrize("argv, needle", SUBPROCESS_CASES, ids=["train", "test", "beamsearch", "match"])
 def test_entry_points_as_subprocesses(argv, needle, tmp_path):
     cmd = [sys.executable, *(a.format(tmp=tmp_path) for a in argv)]
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)

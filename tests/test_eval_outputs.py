@@ -69,7 +69,8 @@ def test_complete_strict_results_written_last_and_umask(self_pairs, tmp_path, ca
     results = strict_json(out / "results.json")
     assert results["complete"] is True and results["pck"]["0.1"] == pytest.approx(100.0)
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["config.yaml", "per_pair.csv", "results.json"]  # no lock, no temp files left
+    assert names == ["config.yaml", "pck_curve.png", "per_class.png", "per_pair.csv",
+                     "results.json"]  # no lock, no temp files left
     assert {(out / n).stat().st_mode & 0o777 for n in names} == {0o640}
     assert (out / "results.json").stat().st_mtime_ns >= (out / "config.yaml").stat().st_mtime_ns
 

@@ -28,7 +28,8 @@ from training.config import load_train_config
 
 README = REPO_ROOT / "README.md"
 SCRIPTS = ("validation_and_test/test.py", "training/train.py", "validation_and_test/beamsearch.py",
-           "scripts/demo.py", "scripts/ablation.py")
+           "scripts/demo.py", "scripts/ablation.py", "validation_and_test/match.py",
+           "scripts/sample_photos.py")
 
 
 def readme_commands() -> list[str]:
@@ -103,6 +104,10 @@ def parse_script_args(script: str, args: list[str]) -> None:
         from validation_and_test.beamsearch import build_parser as beam_parser
 
         beam_parser().parse_args(args)
+    elif script == "validation_and_test/match.py":
+        from validation_and_test.match import build_parser as match_parser
+
+        match_parser().parse_args(args)
     elif script == "scripts/ablation.py":
         import importlib.util
         import sys
@@ -247,3 +252,19 @@ def test_beamsearch_commands_run_at_tiny_size(cmd, tmp_path):
             "--bases", "2", "--device", "cpu", "--output-dir", str(out)]
     assert main(argv) == 0
     assert (out / "search.json").is_file()
+
+
+def test_own_images_commands_run(tmp_path):
+    """The README's "Your own images" commands, for real (outputs redirected to a temporary folder)."""
+    scripts = ["scripts/sample_photos.py", "validation_and_test/match.py"]
+    own = [c for c in COMMANDS if split_command(c)[0] in scripts]
+    assert [split_command(c)[0] for c in own] == scripts
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    python = str(Path(torch.__file__).parents[4] / "bin" / "python")
+    for cmd in own:
+        args = [a.replace("runs/", f"{tmp_path}/") for a in shlex.split(cmd)[1:]]
+        proc = subprocess.run([python, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "match" / "motorcycle"
+    assert {p.name for p in out.iterdir()} >= {"matches.json", "matches.png", "warp.png"}

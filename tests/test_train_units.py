@@ -325,3 +325,16 @@ def test_setup_warnings_name_the_keys_and_run_logs_them(tmp_path, monkeypatch, c
     msgs = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("moco.bn_splits=1" in m for m in msgs) and any("moco.queue_size=16" in m for m in msgs)
     assert all("\n" not in m for m in msgs)
+
+
+def test_pixel_level_figure_goes_to_tensorboard(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _run_in_process(tmp_path, monkeypatch, _Pairs(3, 32),
+                    ["log.interval=2", "log.vis_interval=2", "log.tensorboard=true", "max_steps=2"])
+    assert sorted(p.name for p in (tmp_path / "run" / "vis").glob("*.png")) == ["step_0000002.png"]
+    events = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert "train/pixel_level" in events.Tags()["images"]
+    (image,) = events.Images("train/pixel_level")
+    assert image.step == 2 and image.width > 100 and image.height > 100

@@ -256,9 +256,11 @@ def train(cfg: TrainConfig, output_dir: str | Path | None = None, resume: str | 
                 window["compute_time"] = window.get("compute_time", 0.0) + compute_time
                 n_window += 1
                 if vis_now and "vis" in out:
-                    from training.visualize import save_cycle_figure
+                    from training.visualize import cycle_figure, write_png
 
-                    save_cycle_figure(out["vis"], out_dir / "vis" / f"step_{step:07d}.png")
+                    figure = cycle_figure(out["vis"])
+                    write_png(figure, out_dir / "vis" / f"step_{step:07d}.png")
+                    logger.add_image("train/pixel_level", figure, step)  # TensorBoard: Images tab
                 if step % cfg.log.interval == 0 or step == last_step:
                     means = _mean_across_ranks({k: float(v) / n_window for k, v in window.items()}, info)
                     per_step = means["data_time"] + means["compute_time"]

@@ -68,12 +68,17 @@ def cycle_figure(vis: dict[str, torch.Tensor], max_samples: int = 4) -> np.ndarr
     return image
 
 
-def save_cycle_figure(vis: dict[str, torch.Tensor], path: str | Path, max_samples: int = 4) -> Path:
-    """Render `cycle_figure` and write it as a PNG atomically."""
+def write_png(image: np.ndarray, path: str | Path) -> Path:
+    """Write an RGB uint8 array (H, W, 3) as a PNG atomically."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(cycle_figure(vis, max_samples)).save(buf, format="PNG")
+    Image.fromarray(image).save(buf, format="PNG")
     path = Path(path)
     atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+def save_cycle_figure(vis: dict[str, torch.Tensor], path: str | Path, max_samples: int = 4) -> Path:
+    """Render `cycle_figure` and write it as a PNG atomically."""
+    return write_png(cycle_figure(vis, max_samples), path)

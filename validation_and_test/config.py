@@ -94,17 +94,19 @@ def parse_ids(text: str) -> list[int]:
                                          ) from None
 
 
-def eval_parent_parser() -> argparse.ArgumentParser:
-    """Flags shared by test.py and beamsearch.py (`parents=[...]`). Defaults are suppressed: only flags
-    given on the command line override the preset (`resolve_config`)."""
+def eval_parent_parser(data_flags: bool = True) -> argparse.ArgumentParser:
+    """Flags shared by test.py, beamsearch.py and match.py (`parents=[...]`; match.py: `data_flags=False`).
+    Defaults are suppressed: only flags given on the command line override the preset (`resolve_config`)."""
     p = argparse.ArgumentParser(add_help=False)
     d = argparse.SUPPRESS
-    data = p.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASET_CHOICES, default=d, help="benchmark (default pfpascal)")
-    data.add_argument("--datapath", default=d, help="folder holding PF-PASCAL/, PF-WILLOW/, SPair-71k/ "
-                                                    "(default $DATASETS else ./Datasets_SCOT)")
-    data.add_argument("--max-pairs", dest="max_pairs", type=int, default=d,
-                      help="first N pairs in split order")
+    if data_flags:
+        data = p.add_argument_group("data")
+        data.add_argument("--dataset", choices=DATASET_CHOICES, default=d,
+                          help="benchmark (default pfpascal)")
+        data.add_argument("--datapath", default=d, help="folder holding PF-PASCAL/, PF-WILLOW/, SPair-71k/ "
+                                                        "(default $DATASETS else ./Datasets_SCOT)")
+        data.add_argument("--max-pairs", dest="max_pairs", type=int, default=d,
+                          help="first N pairs in split order")
     model = p.add_argument_group("model")
     model.add_argument("--backbone", choices=BACKBONE_CHOICES, default=d,
                        help="auto: the checkpoint's architecture, else resnet50")

@@ -4,7 +4,8 @@
     torchrun --nproc_per_node=4 validation_and_test/test.py --dataset spair
 
 Settings: dataclass defaults <- `configs/eval/<dataset>.yaml` (or `--config`) <- flags. Writes
-`results.json`, `per_pair.csv` and `config.yaml` to `--output-dir` (default `runs/eval/<dataset>-<time>`).
+`results.json`, `per_pair.csv`, `config.yaml`, `pck_curve.png` and `per_class.png` (`--no-plots`: not the
+PNGs) to `--output-dir` (default `runs/eval/<dataset>-<time>`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output-dir", dest="output_dir", default=d, help="default runs/eval/<dataset>-<time>")
     ev.add_argument("--vis-dir", dest="vis_dir", default=d, help="write PNGs of the pairs here")
     ev.add_argument("--overwrite", action="store_true", help="replace a complete result in --output-dir")
+    ev.add_argument("--no-plots", dest="plots", action="store_false",
+                    help="do not write pck_curve.png and per_class.png")
     return p
 
 
@@ -86,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from models.backbone import HyperpixelBackbone, validate_ids
     from models.weights import load_resnet
     from validation_and_test.evaluate import Matcher, MatchSettings, evaluate, resolve_thres
+    from validation_and_test.pck_curve import CurveCollector, chain_hooks
     from validation_and_test.record import settings_record
     from validation_and_test.report import format_table, per_pair_csv
     from validation_and_test.visualize import pair_visualiser
@@ -107,9 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
              len(dataset) if cfg.max_pairs is None else min(len(dataset), cfg.max_pairs), arch,
              weights_record.get("weights"), ",".join(map(str, ids)), info.device, numerics["precision"],
              info.world_size)
-    on_pair = pair_visualiser(cfg.vis_dir, cfg.alpha, cfg.vis_max, info.world_size) if cfg.vis_dir else None
+    vis = pair_visualiser(cfg.vis_dir, cfg.alpha, cfg.vis_max, info.world_size) if cfg.vis_dir else None
+    curve = CurveCollector(dataset.name, thres)
     result = evaluate(matcher, dataset, ids, cfg.alpha, thres, cfg.max_pairs, info,
-                      num_workers=cfg.num_workers, progress=True, on_pair=on_pair)
+                      num_workers=cfg.num_workers, progress=True, on_pair=chain_hooks(curve.on_pair, vis))
+    pck_curve = curve.curve(info)  # collective under torchrun
     if not info.is_main:
         return 0
     summary = result.summary
@@ -123,8 +129,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         **settings_record(cfg, thres=thres, arch=arch, weights=weights_record, numerics=numerics,
                           preset=preset),
         "world_size": info.world_size, "timings": result.timings, "feature_cache": result.cache,
+        "pck_curve": pck_curve,
     }
     atomic_write_text(out_dir / "per_pair.csv", per_pair_csv(result.rows, cfg.alpha))
+    if args.plots:
+        from validation_and_test.plots import write_eval_plots
+
+        write_eval_plots(out_dir, results)
     write_run_metadata(out_dir, config_to_dict(cfg))
     atomic_write_json(out_dir / "results.json", {**results, COMPLETE_KEY: True})  # last: marks completion
     release_output_dir(out_dir)
