@@ -24,7 +24,7 @@ import torch
 from configs.runtime import UserError, resolve_device, set_faithful_numerics, synchronize
 from data.io import MIN_IMAGE_SIDE, pil_to_uint8_tensor
 from models.backbone import HyperpixelBackbone, validate_ids
-from models.geometry import keypoint_neighbours, transfer_keypoints
+from models.transfer import keypoint_neighbours, transfer_keypoints
 from models.weights import load_resnet
 from validation_and_test.config import CONFIG_KEYS, EvalConfig, check_backbone, resolve_config
 from validation_and_test.keypoints_io import check_inside, grid_keypoints
