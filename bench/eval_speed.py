@@ -41,6 +41,7 @@ from models.rhm import gaussian_filter_7x7, hough_bins, hough_histogram, smooth_
 from models.sinkhorn import cosine_similarity, ot_votes  # noqa: E402
 from models.transfer import transfer_keypoints  # noqa: E402
 from models.weights import load_resnet  # noqa: E402
+from validation_and_test.config import parse_ids  # noqa: E402
 from validation_and_test.evaluate import Matcher, MatchSettings, evaluate  # noqa: E402
 from validation_and_test.preprocess import scale_keypoints  # noqa: E402
 
@@ -294,7 +295,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="auto")
     p.add_argument("--backbone", default="resnet50")
-    p.add_argument("--hyperpixel", default="2,12,13,15")
+    p.add_argument("--hyperpixel", type=parse_ids, default=[2, 12, 13, 15])
     p.add_argument("--dataset-sizes", default="pfwillow", choices=sorted(SIZES))
     p.add_argument("--pairs", type=int, default=3, help="pairs per measurement (after one warm-up pair)")
     p.add_argument("--no-reference", action="store_true", help="skip the reference and before columns")
@@ -307,7 +308,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    ids = tuple(int(i) for i in args.hyperpixel.split(","))
+    ids = tuple(args.hyperpixel)
     if args.memory_child:
         memory_child(args.memory_child[0], args.memory_child[1], ids, args.backbone)
         return 0

@@ -33,12 +33,11 @@ import yaml
 
 from configs import REPO_ROOT
 from configs.runtime import UserError, atomic_write_text, check_writable_dir, file_digest
+from data.pfwillow import PFWILLOW_CLASSES
 
 WILLOW = "http://www.di.ens.fr/willow/research"  # also tried over https first (`transport_candidates`)
 MAX_MEMBERS = 500_000  # members per archive (the benchmarks have at most ~140k files)
 GIB = 2**30
-PF_WILLOW_SUBCLASSES = ["car(G)", "car(M)", "car(S)", "duck(S)", "motorbike(G)", "motorbike(M)",
-                        "motorbike(S)", "winebottle(M)", "winebottle(wC)", "winebottle(woC)"]
 
 
 @dataclass
@@ -76,7 +75,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         "PF-WILLOW", ["1tDP0y8RO5s45L-vqnortRaieiWENQco_", "1Moes_nP-1AGxuG6TkuEl100NaHGWhRfv"],
         f"{WILLOW}/proposalflow/dataset/PF-dataset.zip", "PF-dataset",
         [PairList(f"{WILLOW}/cnngeometric/other_resources/test_pairs_pf.csv", "test_pairs.csv", rows=900)],
-        ["test_pairs.csv", *PF_WILLOW_SUBCLASSES], 1 * GIB),
+        ["test_pairs.csv", *PFWILLOW_CLASSES], 1 * GIB),
     "spair": Benchmark(
         "SPair-71k", ["1KSvB0k2zXA06ojWNvFjBv0Ake426Y76k", "1s73NVEFPro260H1tXxCh1ain7oApR8of",
                       "17gXi6iSK6jIz4SGJzrO6ELJGYRAKUkhR"],

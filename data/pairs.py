@@ -9,9 +9,10 @@ from PIL import Image
 
 from data.io import open_rgb
 from data.registry import PairDataset
+from data.spair import DIFFICULTY_KEYS
 from data.transforms import resize_square_normalized
 
-_STACKED_INTS = ("index", "class_id", "viewpoint_variation", "scale_variation", "truncation", "occlusion")
+_STACKED_INTS = ("index", "class_id", *DIFFICULTY_KEYS)
 
 
 def collate_pairs(samples: list[dict[str, Any]]) -> dict[str, Any]:

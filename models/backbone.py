@@ -53,16 +53,17 @@ def block_pre_relu(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out + identity
 
 
-def validate_ids(ids: Sequence[int], n_ids: int) -> tuple[int, ...]:
-    """Sorted tuple of hyperpixel ids; duplicates or out-of-range ids are a `UserError`."""
+def validate_ids(ids: Sequence[int], n_ids: int, what: str = "hyperpixel") -> tuple[int, ...]:
+    """Sorted tuple of ids of a backbone with `n_ids` blocks; an empty list, duplicates or out-of-range
+    ids are a `UserError` naming `what` (the flag)."""
     ids = [int(i) for i in ids]
     if not ids:
-        raise UserError("empty hyperpixel id list (give e.g. --hyperpixel 2,12,13,15)")
+        raise UserError(f"empty {what} id list (give e.g. 2,12,13,15 or 0-3)")
     if len(set(ids)) != len(ids):
-        raise UserError(f"duplicate hyperpixel ids in {ids}")
+        raise UserError(f"duplicate {what} ids in {ids}")
     bad = [i for i in ids if not 0 <= i < n_ids]
     if bad:
-        raise UserError(f"hyperpixel ids {bad} out of range: this backbone has ids 0..{n_ids - 1}")
+        raise UserError(f"{what} ids {bad} out of range: this backbone has ids 0..{n_ids - 1}")
     return tuple(sorted(ids))
 
 

@@ -37,9 +37,7 @@ import torchvision
 from torch import nn
 
 from configs.runtime import UserError
-
-RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
-                "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
+from models.weights import ARCH_BLOCKS
 
 
 @dataclass
@@ -57,9 +55,9 @@ class MoCoConfig:
     loss_weight: float = 1.0          # lambda_moco in L = lambda_moco L_moco + lambda_cyc L_cyc
 
     def __post_init__(self) -> None:
-        if self.arch not in RESNET_ARCHS:
+        if self.arch not in ARCH_BLOCKS:
             raise ValueError(f"moco.arch {self.arch!r} is not a supported torchvision ResNet "
-                             f"({', '.join(RESNET_ARCHS)})")
+                             f"({', '.join(ARCH_BLOCKS)})")
         for name in ("dim", "queue_size", "bn_splits"):
             if getattr(self, name) < 1:
                 raise ValueError(f"moco.{name} must be >= 1, got {getattr(self, name)}")
@@ -117,8 +115,8 @@ class SplitBatchNorm(nn.BatchNorm2d):
 def build_encoder(arch: str, dim: int = 128, mlp: bool = False,
                   bn_splits: int = 1) -> torchvision.models.ResNet:
     """A randomly initialised torchvision ResNet, fc -> `dim` (Linear, or the v2 MLP); BN = SplitBatchNorm."""
-    if arch not in RESNET_ARCHS:
-        raise UserError(f"unknown ResNet arch {arch!r}; choose one of {', '.join(RESNET_ARCHS)}")
+    if arch not in ARCH_BLOCKS:
+        raise UserError(f"unknown ResNet arch {arch!r}; choose one of {', '.join(ARCH_BLOCKS)}")
     norm = partial(SplitBatchNorm, num_splits=bn_splits) if bn_splits > 1 else nn.BatchNorm2d
     net = getattr(torchvision.models, arch)(weights=None, num_classes=dim, norm_layer=norm)
     if mlp:

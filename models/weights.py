@@ -24,13 +24,22 @@ from torch import nn
 from configs.runtime import UserError, file_digest
 
 OURS_FORMAT = "contrastive-correspondence/v1"
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
-_BLOCKS = {  # (blocks per stage, bottleneck?)
-    (2, 2, 2, 2, False): "resnet18",
-    (3, 4, 6, 3, False): "resnet34",
-    (3, 4, 6, 3, True): "resnet50",
-    (3, 4, 23, 3, True): "resnet101",
+# The one list of supported backbones: torchvision name -> (blocks per stage, bottleneck blocks?).
+# Adding an architecture (say resnet152: ((3, 8, 36, 3), True)) is one line here; every CLI, config check
+# and checkpoint reader asks this table.
+ARCH_BLOCKS: dict[str, tuple[tuple[int, int, int, int], bool]] = {
+    "resnet18": ((2, 2, 2, 2), False),
+    "resnet34": ((3, 4, 6, 3), False),
+    "resnet50": ((3, 4, 6, 3), True),
+    "resnet101": ((3, 4, 23, 3), True),
 }
+
+
+def archs() -> tuple[str, ...]:
+    """The supported architecture names, in table order."""
+    return tuple(ARCH_BLOCKS)
+
+
 _EXPECTED = ("a MoCo/our checkpoint {'state_dict': {'module.encoder_q.conv1.weight', ...}} or a torchvision "
              "ResNet state dict {'conv1.weight', 'layer1.0...', 'fc.weight'}")
 
@@ -104,7 +113,8 @@ def infer_arch(state_dict: dict[str, torch.Tensor]) -> str | None:
     for stage in range(1, 5):
         idx = {int(m.group(1)) for k in state_dict if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
         counts.append(max(idx) + 1 if idx else 0)
-    return _BLOCKS.get((*counts, "layer1.0.conv3.weight" in state_dict))
+    shape = (tuple(counts), "layer1.0.conv3.weight" in state_dict)
+    return next((arch for arch, blocks in ARCH_BLOCKS.items() if blocks == shape), None)
 
 
 def head_for(state_dict: dict[str, torch.Tensor]) -> nn.Module:
@@ -120,12 +130,12 @@ def head_for(state_dict: dict[str, torch.Tensor]) -> nn.Module:
 
 
 def _check_arch(arch: str) -> None:
-    if arch not in ARCHS:
-        raise UserError(f"unknown backbone {arch!r} (choose one of {', '.join(ARCHS)})")
+    if arch not in ARCH_BLOCKS:
+        raise UserError(f"unknown backbone {arch!r} (choose one of {', '.join(ARCH_BLOCKS)})")
 
 
 def build_resnet(arch: str, num_classes: int = 128) -> torchvision.models.ResNet:
-    """A randomly initialised torchvision `arch` (one of ARCHS) with a `num_classes`-d linear fc."""
+    """A randomly initialised torchvision `arch` (a key of ARCH_BLOCKS) with a `num_classes`-d linear fc."""
     _check_arch(arch)
     return getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
 
@@ -213,7 +223,7 @@ def load_resnet(backbone: str = "auto", weights: str = "imagenet", seed: int = 0
         path = Path(weights)
         ckpt = read_checkpoint(path)
         sd, ck_arch, kind = encoder_state_dict(ckpt, str(path))
-        found = ck_arch if ck_arch in ARCHS else infer_arch(sd)
+        found = ck_arch if ck_arch in ARCH_BLOCKS else infer_arch(sd)
         if backbone == "auto":
             arch = found or "resnet50"
         else:

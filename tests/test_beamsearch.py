@@ -7,6 +7,7 @@ and test.py, so the found set's score is checked against an independent test.py 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import itertools
@@ -19,6 +20,7 @@ import torch
 
 from configs.runtime import UserError
 from models.cycle import soft_argmax_walk
+from validation_and_test.config import parse_ids
 from validation_and_test.layer_scores import (
     CycleScore,
     CycleScoreSettings,
@@ -34,7 +36,6 @@ from validation_and_test.layer_search import (
     BeamSettings,
     beam_search,
     default_search_split,
-    parse_id_ranges,
     resolve_search_config,
 )
 
@@ -83,16 +84,16 @@ def test_duplicates_continue_versus_original_break():
 
 def test_bases_candidates_ties_and_parsing():
     score, calls = _additive([1.0, 1.0, 1.0, 1.0, 1.0, 7.0])
-    result = beam_search(score, 6, BeamSettings(beam=2, depth=2, bases=parse_id_ranges("0-3")))
+    result = beam_search(score, 6, BeamSettings(beam=2, depth=2, bases=parse_ids("0-3")))
     assert calls[:4] == [(0,), (1,), (2,), (3,)]  # original bases range(beam) style, id 5 never a base
     assert result.beams[0] == [(0,), (1,)]  # ties keep scoring order
     assert result.best.ids == (0, 5)  # id 5 still reachable as an extension
     restricted = beam_search(score, 6, BeamSettings(beam=2, depth=2, candidates=(0, 1, 2)))
     assert all(5 not in c.ids or len(c.ids) == 1 for c in restricted.scored)
     assert all(c.parent is None or c.ids[0] == c.parent[0] for c in result.scored)  # the base stays the min
-    assert parse_id_ranges("2,5,7-9") == (2, 5, 7, 8, 9)
-    with pytest.raises(UserError):
-        parse_id_ranges("3-1")
+    assert parse_ids("2,5,7-9") == [2, 5, 7, 8, 9] and parse_ids("(2, 12, 13)") == [2, 12, 13]
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_ids("3-1")
     with pytest.raises(UserError, match="out of range"):
         beam_search(score, 6, BeamSettings(bases=(0, 9)))
     nan_first = beam_search(lambda ids: math.nan if ids == (0,) else -float(sum(ids)), 3,

@@ -59,7 +59,7 @@ def _png() -> bytes:
 
 
 def _willow_members(top: str, with_csv: bool) -> dict[str, bytes]:
-    members = {f"{top}/{sub}/img_{k}.png": _png() for sub in dl.PF_WILLOW_SUBCLASSES for k in range(2)}
+    members = {f"{top}/{sub}/img_{k}.png": _png() for sub in dl.PFWILLOW_CLASSES for k in range(2)}
     if with_csv:
         members[f"{top}/test_pairs.csv"] = _willow_csv()
     return members
@@ -97,7 +97,7 @@ def test_shell_script_dry_run(tmp_path):
 
 def test_dry_run_reports_complete_folder_as_skipped(tmp_path, capsys):
     folder = tmp_path / "PF-WILLOW"
-    for sub in dl.PF_WILLOW_SUBCLASSES:
+    for sub in dl.PFWILLOW_CLASSES:
         (folder / sub).mkdir(parents=True)
     (folder / "test_pairs.csv").write_text("x")
     assert dl.plan("pfwillow", tmp_path) == [f"PF-WILLOW: already complete in {folder}, skipped"]

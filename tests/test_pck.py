@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from data.registry import extent_box
 from validation_and_test.pck import (
     PCKAccumulator,
     alpha_key,
     correct_keypoints,
-    keypoint_extent_box,
     pck_length,
     pck_threshold,
 )
@@ -36,10 +36,11 @@ def test_lengths_per_dataset():
     # PF-WILLOW: the extent box of the 10 *target* keypoints, padding masked out, never sentinels
     kps = torch.tensor([[30.0, 40.0], [130.0, 60.0], [80.0, 190.0], [-1.0, -1.0]])
     mask = torch.tensor([True, True, True, False])
-    box = keypoint_extent_box(kps, mask)
+    box = torch.from_numpy(extent_box(kps[mask].numpy()))
     assert box.tolist() == [30.0, 40.0, 130.0, 190.0]
     assert pck_length("bbox", (300, 300), box) == 150.0
-    assert pck_length("bbox", (300, 300), keypoint_extent_box(kps)) == 191.0  # what padding bugs produce
+    padded = torch.from_numpy(extent_box(kps.numpy()))
+    assert pck_length("bbox", (300, 300), padded) == 191.0  # what padding bugs produce
     with pytest.raises(ValueError):
         pck_length("box", (1, 1))
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs.runtime import check_writable_dir, run_cli  # noqa: E402
 from configs.validate import check_values  # noqa: E402
-from validation_and_test.config import CONFIG_KEYS, eval_parent_parser  # noqa: E402
+from validation_and_test.config import CONFIG_KEYS, eval_parent_parser, parse_ids  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,8 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pck: validation PCK@alpha; cycle: label-free cycle re-localisation error")
     search.add_argument("--beam", type=int, default=4, help="sets kept per depth")
     search.add_argument("--depth", type=int, default=8, help="maximum set size")
-    search.add_argument("--bases", default=None, help="base ids, e.g. 0-3 (original); default every id")
-    search.add_argument("--candidates", default=None, help="ids that may extend a set; default every id")
+    search.add_argument("--bases", type=parse_ids, default=None,
+                        help="base ids, e.g. 0-3 (original); default every id")
+    search.add_argument("--candidates", type=parse_ids, default=None,
+                        help="ids that may extend a set; default every id")
     search.add_argument("--duplicate", choices=("continue", "break"), default="continue",
                         help="a duplicate extension is skipped (continue) or ends its parent's loop "
                              "(original)")
@@ -65,7 +67,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from validation_and_test.layer_scores import CycleScoreSettings
     from validation_and_test.layer_search import (
         BeamSettings,
-        parse_id_ranges,
         resolve_search_config,
         run_layer_search,
     )
@@ -73,8 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags = {k: getattr(args, k) for k in CONFIG_KEYS if hasattr(args, k) and k != "split"}
     cfg, preset, fell_back = resolve_search_config(flags, args.config, args.split)
     beam = BeamSettings(beam=args.beam, depth=args.depth,
-                        bases=parse_id_ranges(args.bases) if args.bases else None,
-                        candidates=parse_id_ranges(args.candidates) if args.candidates else None,
+                        bases=args.bases, candidates=args.candidates,
                         on_duplicate=args.duplicate)
     cycle = CycleScoreSettings(seed=args.crop_seed, patch=args.patch, rotate_deg=args.rotate,
                                flip_prob=args.flip_prob, temperature=args.temperature)

@@ -17,6 +17,8 @@ from configs import CONFIG_DIR
 from configs.runtime import UserError
 from configs.schema import build_config, load_yaml
 from configs.validate import check_values
+from data import DATASETS
+from models.weights import ARCH_BLOCKS
 
 EVAL_PRESET_DIR = CONFIG_DIR / "eval"
 
@@ -29,7 +31,7 @@ class EvalConfig:
     datapath: Optional[str] = None  # None: $DATASETS else ./Datasets_SCOT (demo: its cache folder)
     split: Literal["trn", "val", "test"] = "test"
     pfpascal_kps: Literal["mat", "csv"] = "mat"  # csv: test_pairs.csv columns (thres img; not comparable)
-    backbone: Literal["auto", "resnet18", "resnet34", "resnet50", "resnet101"] = "auto"
+    backbone: str = "auto"  # auto (the checkpoint's architecture) or a key of models.weights.ARCH_BLOCKS
     weights: str = "imagenet"  # imagenet | random | checkpoint path
     preset_backbone: str = "resnet50"  # architecture the preset's hyperpixel ids refer to
     hyperpixel: list[int] = field(default_factory=lambda: [2, 12, 13, 15])
@@ -79,19 +81,24 @@ def preset_path(dataset: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- flags
-DATASET_CHOICES = ("pfpascal", "pfwillow", "spair", "demo")
-BACKBONE_CHOICES = ("auto", "resnet18", "resnet34", "resnet50", "resnet101")
 CONFIG_KEYS = tuple(f.name for f in fields(EvalConfig))
 
 
 def parse_ids(text: str) -> list[int]:
-    """'2,12,13,15' (also '(2, 12, 13, 15)' or '2 12 13 15') -> [2, 12, 13, 15]."""
-    cleaned = text.strip().strip("()[]").replace(",", " ").split()
+    """Hyperpixel ids from the command line, in the order given: '2,12,13,15' (also '(2, 12, 13, 15)' or
+    '2 12 13 15') and ranges '0-3', '2,5,7-9'. Range checks and duplicates: `backbone.validate_ids`."""
+    out: list[int] = []
     try:
-        return [int(t) for t in cleaned]
+        for part in text.strip().strip("()[]").replace(",", " ").split():
+            lo, _, hi = part.partition("-")
+            first, last = int(lo), int(hi or lo)
+            if last < first:
+                raise ValueError
+            out.extend(range(first, last + 1))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 2,12,13,15, got {text!r}"
+        raise argparse.ArgumentTypeError(f"expected ids like 2,12,13,15 or ranges like 0-3, got {text!r}"
                                          ) from None
+    return out
 
 
 def eval_parent_parser(data_flags: bool = True) -> argparse.ArgumentParser:
@@ -101,14 +108,14 @@ def eval_parent_parser(data_flags: bool = True) -> argparse.ArgumentParser:
     d = argparse.SUPPRESS
     if data_flags:
         data = p.add_argument_group("data")
-        data.add_argument("--dataset", choices=DATASET_CHOICES, default=d,
+        data.add_argument("--dataset", choices=sorted(DATASETS), default=d,
                           help="benchmark (default pfpascal)")
         data.add_argument("--datapath", default=d, help="folder holding PF-PASCAL/, PF-WILLOW/, SPair-71k/ "
                                                         "(default $DATASETS else ./Datasets_SCOT)")
         data.add_argument("--max-pairs", dest="max_pairs", type=int, default=d,
                           help="first N pairs in split order")
     model = p.add_argument_group("model")
-    model.add_argument("--backbone", choices=BACKBONE_CHOICES, default=d,
+    model.add_argument("--backbone", choices=("auto", *ARCH_BLOCKS), default=d,
                        help="auto: the checkpoint's architecture, else resnet50")
     model.add_argument("--weights", default=d, help="imagenet (torchvision IMAGENET1K_V1), random, or a "
                                                     "checkpoint path (MoCo / torchvision / ours)")

@@ -30,6 +30,7 @@ from typing import Any, Literal, Optional
 import torch
 
 from configs.runtime import UserError
+from models.backbone import validate_ids
 from validation_and_test.config import EvalConfig
 
 Score = Callable[[tuple[int, ...]], float]
@@ -86,15 +87,6 @@ def _rank_key(c: Candidate) -> float:
     return -math.inf if math.isnan(c.score) else c.score
 
 
-def _check_ids(ids: Sequence[int], n_ids: int, what: str) -> tuple[int, ...]:
-    bad = [i for i in ids if not 0 <= int(i) < n_ids]
-    if bad:
-        raise UserError(f"--{what} ids {bad} out of range: this backbone has ids 0..{n_ids - 1}")
-    if not ids:
-        raise UserError(f"--{what} is empty")
-    return tuple(sorted(dict.fromkeys(int(i) for i in ids)))
-
-
 def extensions(parent: tuple[int, ...], pool: Sequence[int]) -> list[tuple[int, ...]]:
     """Sorted children of `parent`: parent + c for c in `pool` (ascending), c not in it, c > min(parent)."""
     low = min(parent)
@@ -109,9 +101,9 @@ def beam_search(score: Score, n_ids: int, settings: BeamSettings = BeamSettings(
 
     Callbacks: `on_candidate(c)` after each scored set; `on_depth(depth, scored_at_depth, kept)`.
     """
-    bases = _check_ids(range(n_ids) if settings.bases is None else settings.bases, n_ids, "bases")
-    pool = _check_ids(range(n_ids) if settings.candidates is None else settings.candidates, n_ids,
-                      "candidates")
+    bases = validate_ids(range(n_ids) if settings.bases is None else settings.bases, n_ids, "--bases")
+    pool = validate_ids(range(n_ids) if settings.candidates is None else settings.candidates, n_ids,
+                        "--candidates")
     scored: list[Candidate] = []
     beams: list[list[tuple[int, ...]]] = []
     n_dup = n_break = 0
@@ -150,27 +142,6 @@ def beam_search(score: Score, n_ids: int, settings: BeamSettings = BeamSettings(
     best = max(scored, key=_rank_key)  # first maximum in scoring order
     return SearchResult(best=best, scored=scored, beams=beams, skipped_duplicates=n_dup,
                         stopped_by_break=n_break)
-
-
-def parse_id_ranges(text: str) -> tuple[int, ...]:
-    """'0-3' -> (0, 1, 2, 3); '2,5,7-9' -> (2, 5, 7, 8, 9) (sorted, unique)."""
-    out: list[int] = []
-    try:
-        for part in text.replace(" ", ",").split(","):
-            if not part:
-                continue
-            if "-" in part:
-                lo, hi = (int(p) for p in part.split("-", 1))
-                if hi < lo:
-                    raise ValueError
-                out.extend(range(lo, hi + 1))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise UserError(f"cannot parse id list {text!r}: expected e.g. 0-3 or 2,5,7-9") from None
-    if not out:
-        raise UserError(f"empty id list {text!r}: expected e.g. 0-3 or 2,5,7-9")
-    return tuple(sorted(set(out)))
 
 
 # ------------------------------------------------------------------------------------------- table

@@ -27,12 +27,11 @@ from configs.runtime import (  # noqa: E402
     run_cli,
     unique_suffix,
 )
+from data import DATASETS  # noqa: E402
 from validation_and_test.config import eval_parent_parser, parse_ids, resolve_config  # noqa: E402
 from validation_and_test.correspondence import Correspondence, DenseMatches, MatchResult  # noqa: E402
 
 __all__ = ["Correspondence", "DenseMatches", "MatchResult", "build_parser", "main", "matches_record"]
-
-PRESETS = ("pfpascal", "pfwillow", "spair", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--grid", type=int, default=8,
                     help="without --src-kps: an N x N grid over the source (over its CAM-salient region "
                          "when CAM is on)")
-    io.add_argument("--preset", dest="dataset", choices=PRESETS, default=d,
+    io.add_argument("--preset", dest="dataset", choices=sorted(DATASETS), default=d,
                     help="matching settings of configs/eval/<preset>.yaml (default pfpascal)")
     io.add_argument("--hyperpixel", type=parse_ids, default=d, help="hyperpixel ids, e.g. 2,12,13,15")
     io.add_argument("--output-dir", dest="output_dir", default=d, help="default runs/match/<time>")

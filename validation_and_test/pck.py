@@ -17,12 +17,13 @@ from typing import Any, Literal, Optional, Union
 
 import torch
 
+from data.spair import DIFFICULTY_KEYS
+
 Tensor = torch.Tensor
 
-__all__ = ["alpha_key", "pck_length", "keypoint_extent_box", "pck_threshold", "correct_keypoints",
-           "PCKAccumulator", "SPAIR_FACTORS"]
+__all__ = ["alpha_key", "pck_length", "pck_threshold", "correct_keypoints",
+           "PCKAccumulator"]
 
-SPAIR_FACTORS = ("viewpoint_variation", "scale_variation", "truncation", "occlusion")
 
 
 def alpha_key(alpha: float) -> str:
@@ -45,16 +46,6 @@ def pck_length(thres: Literal["img", "bbox"], trg_hw: Sequence[int],
         box = torch.as_tensor(trg_bbox, dtype=torch.float32).reshape(-1)
         return float(torch.maximum(box[2] - box[0], box[3] - box[1]))
     raise ValueError(f"unknown PCK threshold type {thres!r} (expected 'img' or 'bbox')")
-
-
-def keypoint_extent_box(kps: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-    """(x_min, y_min, x_max, y_max) float32 (4,) of keypoints (K, 2); masked-out rows are ignored."""
-    pts = kps.to(torch.float32)
-    if mask is not None:
-        pts = pts[mask.to(torch.bool)]
-    if pts.numel() == 0:
-        raise ValueError("keypoint extent of an empty keypoint set")
-    return torch.cat([pts.min(dim=0).values, pts.max(dim=0).values])
 
 
 def pck_threshold(length: float, scale: Union[float, Tensor], alpha: Union[float, Sequence[float], Tensor]
@@ -114,7 +105,7 @@ class PCKAccumulator:
             "n_uncovered": int(meta.get("n_uncovered", 0)),
         }
         if self.dataset == "spair":
-            for factor in SPAIR_FACTORS:
+            for factor in DIFFICULTY_KEYS:
                 if factor in meta:
                     rec[factor] = int(meta[factor])
         self._put(rec)
@@ -182,7 +173,7 @@ class PCKAccumulator:
         out["per_class"] = {c: self._per_pair_mean(rs) for c, rs in sorted(classes.items())}
         if self.dataset == "spair":
             breakdown: dict[str, dict[str, dict[str, Optional[float]]]] = {}
-            for factor in SPAIR_FACTORS:
+            for factor in DIFFICULTY_KEYS:
                 levels: dict[int, list[dict[str, Any]]] = {}
                 for r in recs:
                     if factor in r:
