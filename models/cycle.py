@@ -43,7 +43,10 @@ VALID_EPS = 1e-4  # a warped pixel is in-image iff its bilinear validity >= 1 - 
 
 @dataclass
 class CycleConfig:
-    """Pixel-level cycle branch; defaults = paper hyper-parameters, defect fixes (docs/method.md) on."""
+    """Pixel-level cycle branch; defaults = paper hyper-parameters, defect fixes on.
+
+    "fix N" below = row N of docs/method.md, Known defects; kept vs changed: docs/protocol.md, Kept and
+    changed (Cycle branch)."""
 
     loss_weight: float = 5e-4          # lambda_cyc (paper: 5e-4 PF-PASCAL / SPair, 5e-5 PF-WILLOW)
     feature_stage: Literal["layer1", "layer2", "layer3", "layer4"] = "layer3"  # ResNet stage giving phi
@@ -91,7 +94,7 @@ ORIGINAL_CYCLE_OVERRIDES: dict[str, Any] = {
 
 
 def original_cycle_config(**changes: Any) -> CycleConfig:
-    """CycleConfig of the released code (all section 9 switches off), then `changes`."""
+    """CycleConfig of the released code (every fix of docs/method.md, Known defects, off), then `changes`."""
     names = {f.name for f in fields(CycleConfig)}
     unknown = set(changes) - names
     if unknown:

@@ -1,4 +1,6 @@
-"""Label-free layer score: cycle re-localisation error of attention-guided crops (`evaluation.md` §13).
+"""Label-free layer score: cycle re-localisation error of attention-guided crops.
+
+Summary and the paper's version: docs/protocol.md, Label-free layer score.
 
 Exact definition (ours; the original's inconsistencies fixed). For every scored pair i (source I_s, target
 I_t of the split):
