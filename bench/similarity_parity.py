@@ -1,8 +1,8 @@
 """Parity of the factorised hyperpixel similarity with the dense reference, pair by pair, on real data.
 
-    python bench/similarity_parity.py --dataset pfwillow --datapath ../shared/realdata --every 9 \
+    python bench/similarity_parity.py --dataset pfwillow --datapath Datasets_SCOT --every 9 \
         --weights random --hyperpixel 2,11,12,13,14
-    python bench/similarity_parity.py --dataset spair --datapath ../shared/realdata --weights random
+    python bench/similarity_parity.py --dataset spair --datapath Datasets_SCOT --weights random --max-pairs 12
 
 Runs `evaluate()` twice over the same pairs, once per `--similarity` (the backbone and CAM run once per
 image: both matchers share one block cache), and prints the share of pairs whose per-keypoint

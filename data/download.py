@@ -404,7 +404,7 @@ def download_dataset(name: str, root: str | Path, keep_archive: bool = False) ->
     missing = ", ".join(_missing(name, root))
     reasons = "; ".join(failures) or "incomplete"
     print(f"{bench.folder}: FAILED ({reasons}); missing: {missing}. Try: pip install gdown and rerun, or "
-          f"download the files named in the README's Data section by hand into {root / bench.folder}",
+          f"download the files listed in docs/datasets.md (Downloads) by hand into {root / bench.folder}",
           file=sys.stderr)
     return False
 

@@ -2,7 +2,7 @@
 
 Id 0 is the stem (conv1 -> bn -> ReLU -> max-pool, post-ReLU); ids 1.. are the residual blocks of
 layer1..layer4 in order, each taken **after the residual addition and before the block's final ReLU**
-(`evaluation.md` §4). ResNet-18: ids 0..8, ResNet-34/50: 0..16, ResNet-101: 0..33.
+(docs/protocol.md, Hyperpixels). ResNet-18: ids 0..8, ResNet-34/50: 0..16, ResNet-101: 0..33.
 Jump (stride, px) and receptive field (px) per id are derived from the convolutions on the main path.
 """
 
@@ -150,7 +150,8 @@ class HyperpixelBackbone(nn.Module):
 def hyper_image(maps: dict[int, torch.Tensor], ids: Sequence[int]) -> torch.Tensor:
     """Upsample every map (bilinear, align_corners=True) to the grid of the smallest id; concat channels.
 
-    maps[id]: (B, C_id, h_id, w_id) -> (B, sum C, h, w). No per-layer normalisation (`evaluation.md` §4).
+    maps[id]: (B, C_id, h_id, w_id) -> (B, sum C, h, w). No per-layer normalisation
+    (docs/protocol.md, Hyperpixels).
     """
     ids = sorted(ids)
     base = maps[ids[0]]

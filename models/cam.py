@@ -1,4 +1,4 @@
-"""Class-activation maps -> OT marginals (`evaluation.md` §6, `classmap 1`).
+"""Class-activation maps -> OT marginals (`classmap 1`; docs/protocol.md, CAM marginals).
 
 Per image: at cumulative input scales 1.0, 1.5, 2.0 (the 2.0 input is interpolated from the 1.5 input,
 bilinear align_corners=True) take layer4's post-ReLU map and the linear `fc`; top-2 classes of

@@ -50,7 +50,10 @@ from models.crop import (
 
 @dataclass
 class CycleConfig:
-    """Pixel-level cycle branch; defaults = paper hyper-parameters, defect fixes (docs/method.md) on."""
+    """Pixel-level cycle branch; defaults = paper hyper-parameters, defect fixes on.
+
+    "fix N" below = row N of docs/method.md, Known defects; kept vs changed: docs/protocol.md, Kept and
+    changed (Cycle branch)."""
 
     loss_weight: float = 5e-4          # lambda_cyc (paper: 5e-4 PF-PASCAL / SPair, 5e-5 PF-WILLOW)
     feature_stage: Literal["layer1", "layer2", "layer3", "layer4"] = "layer3"  # ResNet stage giving phi

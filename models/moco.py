@@ -42,7 +42,7 @@ from models.weights import ARCH_BLOCKS
 
 @dataclass
 class MoCoConfig:
-    """Image-level branch; defaults = MoCo v1 as used by the paper (method.md section 4)."""
+    """Image-level branch; defaults = MoCo v1 as used by the paper (docs/method.md, Objective)."""
 
     arch: str = "resnet50"            # torchvision ResNet (resnet18/34/50/101/152, resnext*, wide_resnet*)
     dim: int = 128                    # embedding dimension of the fc head

@@ -6,15 +6,10 @@ bin k_ij = floor(o_x / delta) + n_x * floor(o_y / delta), histogram H[k] = sum o
 H~ = H convolved with a normalised 7x7 Gaussian (sigma = 7 / (2 * 2.354)), zero padding 3, and the
 confidence is C_ij = V_ij * H~[k_ij].
 
-SCOT/HPF behaviours kept: one translation space, 8192 cells, the 7x7 Gaussian, bin ids from float32
-offsets divided by delta (a Python float) then truncated, confidence = votes * smoothed histogram.
-Changed: the histogram is built by a float64 scatter (`index_add_` on CPU, sort + segment sum on
-CUDA: deterministic) instead of the original's dense Ns x n_bins float32 buffer (equal up to
-float32 summation order: the bins' sums differ in the last bits at most); any device. On the
-CPU, for row-major grids of centres (hyperpixels), the histogram and the gather work from the per-axis bin
-tables in bands of source rows run in threads, so no N x N index or gathered buffer exists (same sums, same
-values, whatever the thread count); `regularized_hough_matching(..., inplace=True)` writes the confidence
-into the votes' buffer.
+Definition: docs/protocol.md, RHM. SCOT's bins and smoothing are kept; the histogram is accumulated in
+float64, deterministically, without SCOT's dense Ns x n_bins buffer (docs/protocol.md, Kept and changed).
+On the CPU, row-major grids of centres use per-axis bin tables in threaded bands of source rows (no N x N
+index buffer, same values whatever the thread count); `inplace=True` writes into the votes' buffer.
 """
 
 from __future__ import annotations

@@ -6,28 +6,10 @@ All functions are pure, run on the tensors' device, work in float32 and accept e
 column). Padded rows and columns get zero plan mass and zero votes; the padding may hold anything
 (NaN from zero feature vectors included).
 
-SCOT behaviours kept (faithful default, same float32 operation order as SCOT):
-- cosine = dot products divided by the outer product of the two norm vectors (not dots of
-  pre-normalised vectors); the caller applies relu / powers;
-- cost ``1 - relu(cos)``, kernel ``exp(-C / eps)``, eps = 0.05;
-- exactly one exponential-domain Sinkhorn update from ``a0 = 1/Ns``: ``b = nu / (K^T a)``,
-  ``a = mu / (K b)`` (matrix-vector products with column vectors, as SCOT);
-- eps doubling when the plan contains NaN;
-- votes ``P = max(Ns * T, 0) ** exp2`` (``exp1`` plays no role here).
-
-Fixed / changed (numbers unchanged unless stated):
-- the plan is built by broadcasting ``(a_i K_ij) b_j`` instead of ``diag(a) @ K @ diag(b)`` (two dense
-  N^3 products; identical values), in place in the kernel buffer;
-- eps doubling is capped (``max_retries``; ``ValueError`` instead of an endless loop when the NaN comes
-  from the features); the trigger is "plan or scalings not finite" (checked through the scalings and
-  the plan's sum, no N x N ``isnan`` buffer) instead of "NaN in the plan" -- it differs only where
-  SCOT would accept +inf entries, unreachable for eps = 0.05 and costs in [0, 1];
-- ``ot_votes`` builds the kernel straight from the similarities, ``exp((relu(S) - 1) / eps)``, which
-  equals SCOT's ``exp(-(1 - relu(S)) / eps)`` bit for bit (one N x N buffer instead of two);
-- no ``.cuda()``: any device; batched and masked; a log-domain solver (``solver="log"``) for runs with
-  many iterations (``--sinkhorn-iters K``);
-- ``ot_votes(..., sim_again=f)`` builds the first kernel inside the similarity buffer (no second N x N
-  buffer; ``f()`` recomputes the similarities for an eps retry); every N x N pass is in place.
+SCOT's numerics are kept (same float32 operation order: one exponential-domain update from a0 = 1/Ns,
+eps = 0.05 doubled on a non-finite plan, votes max(Ns T, 0) ** exp2); what changed (broadcast plan,
+capped eps doubling, in-place kernels, any device, batches, a log-domain solver) is listed in
+docs/protocol.md, Kept and changed (Sinkhorn).
 """
 
 from __future__ import annotations

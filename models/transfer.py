@@ -1,10 +1,9 @@
-"""Receptive-field boxes of hyperpixels and keypoint transfer (evaluation.md §5, §9).
+"""Receptive-field boxes of hyperpixels and keypoint transfer (docs/protocol.md, Receptive fields and
+Keypoint transfer).
 
-Kept from SCOT/HPF (faithful): boxes anchored at the grid point (x*j, y*j) with half size floor(r/2)
-(no half-stride offset), row-major order p = y*w + x, inclusive "keypoint inside box" test, row-wise
-arg-max (not mutual), prediction = mean over neighbouring source boxes of (target box top-left
-corner + keypoint - source box top-left corner), summed over a dense (K, Ns) layout in float32 as
-the original (same rounding); no neighbour -> 0/0 = NaN, which PCK counts as wrong.
+SCOT/HPF conventions are kept to the last digit (grid-anchored boxes without a half-stride offset, inclusive
+containment, row-wise arg-max, float32 sums over a dense (K, Ns) layout, NaN when no box contains a
+keypoint); the ledger is in docs/protocol.md, Kept and changed (Keypoint transfer).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from torch import nn
 from configs.runtime import UserError
 from models.backbone import HyperpixelBackbone, hyper_image, validate_ids
 
-# evaluation.md §5 tables (typed in from the spec, not derived)
+# docs/protocol.md, Receptive fields: the tables typed in from the doc, not derived
 R50_RF = [11, 19, 27, 35, 43, 59, 75, 91, 107, 139, 171, 203, 235, 267, 299, 363, 427]
 R50_JUMP = [4, 4, 4, 4, 8, 8, 8, 8, 16, 16, 16, 16, 16, 16, 32, 32, 32]
 R18_RF = [11, 27, 43, 67, 99, 147, 211, 307, 435]

@@ -28,7 +28,7 @@ def test_weights_sample_the_map_at_box_centres():
 
 
 def _reference_cam(net: torchvision.models.ResNet, x: torch.Tensor) -> torch.Tensor:
-    """Direct re-statement of evaluation.md §6 with torchvision's own forward for the logits."""
+    """Direct re-statement of docs/protocol.md, CAM marginals (torchvision's own forward for the logits)."""
     height, width = x.shape[-2:]
     feats = {}
     net.layer4.register_forward_hook(lambda m, i, o: feats.__setitem__("f", o))

@@ -178,7 +178,7 @@ def test_real_spair_breakdown(realdata_root, tmp_path, capsys):
 
 
 def test_pfpascal_csv_keypoints_are_recorded_and_restricted(tmp_path, capsys):
-    """--pfpascal-kps csv (datasets.md §1): reachable from the CLI, recorded as not comparable in
+    """--pfpascal-kps csv (docs/datasets.md, PF-PASCAL): reachable from the CLI, recorded as not comparable in
     results.json; `--thres bbox`, a split without keypoint columns or another dataset: one-line errors."""
     from PIL import Image
     from skimage import data as skdata

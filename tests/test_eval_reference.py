@@ -1,9 +1,10 @@
-"""A spec-literal re-statement of evaluation.md §§3-10, independent of models/ and the evaluator, compared
-with `Matcher.predict_pair` (+ `pair_correct`) on a real SPair-71k pair (500 px -> 300 px, s = 0.6), CAM
-marginals on.
+"""A literal re-statement of docs/protocol.md (Resize to PCK), independent of models/ and the evaluator,
+compared with `Matcher.predict_pair` (+ `pair_correct`) on a real SPair-71k pair (500 px -> 300 px, s = 0.6),
+CAM marginals on.
 
-Independent on purpose: block taps via hooks on each block's last ReLU input, the §5 tables typed in,
-CAM via torchvision's own forward, dense loops for boxes, weights, Hough bins and the keypoint transfer.
+Independent on purpose: block taps via hooks on each block's last ReLU input, the receptive-field tables
+typed in, CAM via torchvision's own forward, dense loops for boxes, weights, Hough bins and the keypoint
+transfer.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from validation_and_test.evaluate import Matcher, MatchSettings, pair_correct
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-JUMP18 = [4, 4, 4, 8, 8, 16, 16, 32, 32]  # evaluation.md §5, ResNet-18
+JUMP18 = [4, 4, 4, 8, 8, 16, 16, 32, 32]  # docs/protocol.md, Receptive fields, ResNet-18
 RF18 = [11, 27, 43, 67, 99, 147, 211, 307, 435]
 
 

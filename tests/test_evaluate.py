@@ -207,8 +207,9 @@ def test_shards_cover_every_pair_once():
 
 
 def test_confidence_per_sim_matches_closed_forms(backbone):
-    """§7 table: cos = relu(S)^exp1, OT = (Ns T)^exp2 of one Sinkhorn step (closed form; exp1 ignored),
-    the Geo variants = RHM of those votes, HPF = RHM of relu(S)^3; features are left untouched."""
+    """The table of docs/protocol.md, Optimal transport: cos = relu(S)^exp1, OT = (Ns T)^exp2 of one Sinkhorn
+    step (closed form; exp1 ignored), the Geo variants = RHM of those votes, HPF = RHM of relu(S)^3; features
+    are left untouched."""
     from models.rhm import regularized_hough_matching
 
     src_img, trg_img = _photo("chelsea", 64), _photo("coffee", 64)

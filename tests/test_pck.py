@@ -23,7 +23,7 @@ ALPHAS = (0.05, 0.1, 0.15)
 
 
 def _scot_ratio(h: int, w: int) -> np.float32:
-    """Faithful float32 resize ratio of evaluation.md §3: (1 / max(H, W)) * 300."""
+    """Faithful float32 resize ratio of docs/protocol.md, Resize: (1 / max(H, W)) * 300."""
     return np.float32(np.float32(1.0) / np.float32(max(h, w))) * np.float32(300)
 
 

@@ -142,5 +142,5 @@ def test_imagenet_from_hub_cache(tmp_path, monkeypatch):
     model, arch, record = load_resnet("resnet18", "imagenet")
     assert _same(model, net) and record["name"] == "resnet18.IMAGENET1K_V1"
     assert record["url"].endswith("resnet18-f37072fd.pth")
-    # results.json records the weights' URL and full sha256 (evaluation.md §2)
+    # results.json records the weights' URL and full sha256 (docs/protocol.md, Weights)
     assert record["sha256"] == hashlib.sha256((cache / "resnet18-f37072fd.pth").read_bytes()).hexdigest()

@@ -67,7 +67,7 @@ def build_image_dataset(cfg: ImageDataConfig, seed: int) -> Dataset:
 
 @dataclass
 class PairSelection:
-    """The benchmark pairs the pixel branch uses, with the trn/test overlap counts (`method.md` §2.2)."""
+    """The benchmark pairs the pixel branch uses, with the trn/test overlap counts (docs/method.md, Data)."""
 
     dataset: Dataset
     num_pairs: int

@@ -21,7 +21,8 @@ METRIC_FIELDS = ("step", "epoch", "lr", "loss", "loss_moco", "loss_cycle", "moco
 
 
 class MetricsLogger:
-    """Write metrics on rank 0. `resume_step` drops lines logged after the checkpoint being resumed."""
+    """Write metrics on rank 0. On resume, lines of `metrics.jsonl` logged after `start_step` (the checkpoint
+    being resumed) are dropped, and TensorBoard events after it are purged."""
 
     def __init__(self, out_dir: str | Path, info: DistInfo, total_steps: int, start_step: int = 0,
                  tensorboard: bool = True, progress: bool = True) -> None:

@@ -8,7 +8,7 @@ the indices an uninterrupted run would; `set_start(k)` skips the first k indices
   remainder is dropped (rank-disjoint, every rank the same length).
 - `PairStreamSampler`: seeded permutations of the pair indices concatenated until the global stream holds
   `world_size * length` entries, sharded the same way; each pair repeats about equally often per epoch
-  (the original's unseeded, rank-overlapping `ZipDataset` permutations, `method.md` §9 #9, fixed).
+  (the original's unseeded, rank-overlapping `ZipDataset` permutations, docs/method.md, Sampling, fixed).
 - `MixedBatchSampler`: per step, a batch of image indices and a batch of pair indices (own batch sizes).
 """
 

@@ -2,7 +2,7 @@
 
 - `PCKScore`: PCK@alpha over labelled pairs, through the evaluation loop (`evaluate`).
 - `CycleScore`: label-free, minus the cycle re-localisation error of attention-guided crops, defined
-  below (ours; the original's inconsistencies fixed; docs/protocol.md).
+  below (ours; the original's inconsistencies fixed; docs/protocol.md, Label-free layer score).
 
 Cycle score, for every scored pair i (source I_s, target I_t of the split):
 

@@ -1,4 +1,4 @@
-"""PCK: thresholds, per-keypoint correctness and the per-pair accumulator (evaluation.md §10, §14).
+"""PCK: thresholds, per-keypoint correctness and the per-pair accumulator (docs/protocol.md, PCK).
 
 Faithful conventions (HPF/SCOT): direction source -> target, threshold from the *target*;
 t = alpha * (float32(L) * s_t) in float32 with L in original target pixels (`img`: max(H, W);

@@ -1,4 +1,4 @@
-"""Evaluation inputs: uint8 image -> /255 -> ImageNet-normalise -> bilinear resize (`evaluation.md` §3).
+"""Evaluation inputs: uint8 image -> /255 -> ImageNet-normalise -> bilinear resize (docs/protocol.md, Resize).
 
 Faithful (SCOT) rule: always resize so that the long side is 300, with the ratio computed in float32 as
 (1 / max(H, W)) * 300 and the new size floor(H * s) in float32 (299 instead of 300 for 171 long sides in
