@@ -281,6 +281,9 @@ class _FilePairs(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def check_thres(self, thres: str) -> str:
+        return self.default_thres if thres == "auto" else thres
+
     def __getitem__(self, i: int) -> dict:
         from data.io import read_rgb_uint8
 

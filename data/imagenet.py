@@ -47,12 +47,6 @@ class IndexedRandom:
         entropy = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(index)]).generate_state(2)
         self.gen = torch.Generator().manual_seed(int(entropy[0]) << 31 ^ int(entropy[1]))
 
-    @classmethod
-    def from_generator(cls, gen: torch.Generator) -> IndexedRandom:
-        obj = cls.__new__(cls)
-        obj.gen = gen
-        return obj
-
     def uniform(self, low: float = 0.0, high: float = 1.0) -> float:
         return float(torch.empty(1).uniform_(low, high, generator=self.gen))
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from configs.runtime import UserError
 from data.io import parse_float, parse_int, read_csv_rows
-from data.registry import PairDataset, PairRecord, check_box, check_kps, default_root, register
+from data.registry import PairDataset, PairRecord, check_box, check_kps, register
 
 PFPASCAL_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -173,31 +173,3 @@ class PFPascal(PairDataset):
         check_box(trg_box, str(trg_path), "bbox")
         return {"src_kps": src_kps[visible].astype(np.float32),
                 "trg_kps": trg_kps[visible].astype(np.float32), "src_bbox": src_box, "trg_bbox": trg_box}
-
-
-def split_overlap(root: str | Path | None = None) -> dict[str, int]:
-    """Overlap between the PF-PASCAL split lists (pair lists only; no images needed), for logging.
-
-    Keys: test_pairs (rows), test_pairs_distinct (ordered), test_pairs_unordered, test_unordered_in_trn,
-    test_ordered_in_trn, test_images, test_images_in_trn, test_pairs_reversed_in_val,
-    val_trn_shared_unordered.
-    """
-    folder = Path(root) if root is not None else default_root()
-    if (folder / "PF-PASCAL").is_dir():
-        folder = folder / "PF-PASCAL"
-    lists = {s: read_pair_list(folder / f"{s}_pairs.csv", s) for s in ("test", "val", "trn")}
-    ordered = {s: [(e["src"], e["trg"]) for e in lists[s]] for s in lists}
-    unordered = {s: {frozenset(p) for p in ordered[s]} for s in lists}
-    images = {s: {x for p in ordered[s] for x in p} for s in lists}
-    trn_set, val_set = set(ordered["trn"]), set(ordered["val"])
-    return {
-        "test_pairs": len(ordered["test"]),
-        "test_pairs_distinct": len(set(ordered["test"])),
-        "test_pairs_unordered": len(unordered["test"]),
-        "test_unordered_in_trn": len(unordered["test"] & unordered["trn"]),
-        "test_ordered_in_trn": len(set(ordered["test"]) & trn_set),
-        "test_images": len(images["test"]),
-        "test_images_in_trn": len(images["test"] & images["trn"]),
-        "test_pairs_reversed_in_val": len({(b, a) for a, b in ordered["test"]} & val_set),
-        "val_trn_shared_unordered": len(unordered["val"] & unordered["trn"]),
-    }

@@ -3,11 +3,11 @@
 API (stable; the training loop calls it):
 
     cfg = MoCoConfig(arch="resnet50")                 # paper defaults: v1, K 65536, m 0.999, T 0.07
-    cfg_v2 = MoCoConfig(**MOCO_V2_OVERRIDES)          # v2: MLP head, T 0.2
+    cfg_v2 = MoCoConfig(mlp=True, temperature=0.2)   # v2: MLP head, T 0.2
     moco = MoCo(cfg, generator=torch.Generator().manual_seed(seed))   # generator only draws the queue init
     logits, labels = moco(im_q, im_k, generator)      # (B, 1+K) fp32, (B,) zeros; also enqueues the keys
     loss = F.cross_entropy(logits, labels)
-    top1, top5 = topk_accuracy(logits, labels, (1, 5))
+    top1, top5 = topk_accuracy_tensors(logits, labels, (1, 5))
 
 State-dict layout (checkpoint contract): `encoder_q.<torchvision ResNet key>`, `encoder_k.*`, `queue`
 (dim x K, L2-normalised columns), `queue_ptr` (1,) int64; the v1 head is `fc.{weight,bias}`, the v2 MLP
@@ -68,7 +68,6 @@ class MoCoConfig:
 
 
 # MoCo v2 model switches (its stronger augmentation and cosine schedule belong to the training config).
-MOCO_V2_OVERRIDES = {"mlp": True, "temperature": 0.2}
 
 
 class SplitBatchNorm(nn.BatchNorm2d):
@@ -189,10 +188,6 @@ def topk_accuracy_tensors(logits: torch.Tensor, labels: torch.Tensor,
     return [100.0 * hit[:, :min(k, kmax)].any(dim=1).float().mean() for k in ks]
 
 
-def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[float]:
-    """Percent of rows whose label is among the top-k logits, for each k (k clipped to the class count)."""
-    return [float(t) for t in topk_accuracy_tensors(logits, labels, ks)]
-
 
 # ---------------------------------------------------------------- the model
 
@@ -217,11 +212,6 @@ class MoCo(nn.Module):
         q = torch.randn(self.queue.shape, generator=generator, device=generator.device)
         self.queue.copy_(F.normalize(q, dim=0))
         self.queue_ptr.zero_()
-
-    @torch.no_grad()
-    def copy_query_to_key(self) -> None:
-        """encoder_k <- encoder_q (after loading weights into encoder_q only)."""
-        self.encoder_k.load_state_dict(self.encoder_q.state_dict())
 
     @torch.no_grad()
     def momentum_update(self) -> None:

@@ -15,7 +15,7 @@ from scipy.io import savemat
 
 import data
 from configs.runtime import UserError
-from data.pfpascal import PFPASCAL_CLASSES, read_pair_list, split_overlap
+from data.pfpascal import PFPASCAL_CLASSES, read_pair_list
 
 NAN = np.nan
 # image -> (class, kps K x 2 with NaN rows, bbox)
@@ -157,10 +157,15 @@ def test_real_split_lists(realdata_pfpascal_csvs):
     assert len({(e["src"], e["trg"]) for e in trn}) == 1226
 
 
-def test_real_split_overlap(realdata_root, realdata_pfpascal_csvs):
-    counts = split_overlap(realdata_root)  # the root holding PF-PASCAL/
-    assert counts == split_overlap(realdata_pfpascal_csvs)  # or the PF-PASCAL folder itself
-    assert counts["test_pairs"] == 299 and counts["test_pairs_unordered"] == 277
-    assert counts["test_unordered_in_trn"] == 95 and counts["test_ordered_in_trn"] == 95
-    assert counts["test_images"] == 506 and counts["test_images_in_trn"] == 302
-    assert counts["test_pairs_reversed_in_val"] == 35 and counts["val_trn_shared_unordered"] == 99
+def test_real_split_overlap_documented_in_docs(realdata_pfpascal_csvs):
+    """The overlap counts docs/datasets.md states, recomputed from the official lists."""
+    ordered = {s: [(e["src"], e["trg"]) for e in read_pair_list(realdata_pfpascal_csvs / f"{s}_pairs.csv", s)]
+               for s in ("test", "val", "trn")}
+    unordered = {s: {frozenset(p) for p in pairs} for s, pairs in ordered.items()}
+    images = {s: {x for p in pairs for x in p} for s, pairs in ordered.items()}
+    assert len(ordered["test"]) == 299 and len(unordered["test"]) == 277
+    assert len(unordered["test"] & unordered["trn"]) == 95
+    assert len(set(ordered["test"]) & set(ordered["trn"])) == 95
+    assert len(images["test"]) == 506 and len(images["test"] & images["trn"]) == 302
+    assert len({(b, a) for a, b in ordered["test"]} & set(ordered["val"])) == 35
+    assert len(unordered["val"] & unordered["trn"]) == 99

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import ListDataset
 from skimage import data as skdata
 
 from models.backbone import HyperpixelBackbone
@@ -13,19 +14,6 @@ from validation_and_test.feature_cache import FeatureCache
 
 IDS = (2, 3)  # ResNet-18: layer1 block 2 (stride 4), layer2 block 1; random weights: low layers match best
 LAYOUTS = {"pfpascal": "img", "pfwillow": "bbox", "spair": "bbox"}
-
-
-class ListDataset(torch.utils.data.Dataset):
-    """The data layer's sample contract, built in memory."""
-
-    def __init__(self, samples, name="pfwillow", default_thres="bbox", split="test"):
-        self.samples, self.name, self.default_thres, self.split = samples, name, default_thres, split
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, i):
-        return self.samples[i]
 
 
 def _photo(name: str, long_side: int = 200) -> torch.Tensor:

@@ -83,10 +83,9 @@ def pair_correct(sample: dict[str, Any], prediction: PairPrediction, alphas: Seq
 
 
 def resolve_thres(dataset: Any, thres: str) -> str:
-    """"auto" -> the dataset's default threshold type ("img" PF-PASCAL, "bbox" otherwise)."""
-    if hasattr(dataset, "check_thres"):
-        return dataset.check_thres(thres)
-    return dataset.default_thres if thres == "auto" else thres
+    """"auto" -> the dataset's default threshold type ("img" PF-PASCAL, "bbox" otherwise); an unsupported
+    one is a `UserError` (`PairDataset.check_thres`)."""
+    return dataset.check_thres(thres)
 
 
 def shard_indices(n: int, max_pairs: int | None, info: DistInfo | None) -> list[int]:

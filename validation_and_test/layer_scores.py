@@ -205,7 +205,7 @@ class CycleScore:
         return prepare_image(img, self.settings.resize_rule, self.settings.long_side, self.device)[0]
 
     def _meta(self, i: int) -> dict[str, Any]:
-        return self.dataset.pair_meta(i) if hasattr(self.dataset, "pair_meta") else self.dataset[i]
+        return self.dataset.pair_meta(i)
 
     def pair_blocks(self, i: int) -> tuple[_Blocks, _Blocks, _Blocks, CropSpec]:
         """(source, target, crop) block maps of pair i (cached) and its crop spec."""

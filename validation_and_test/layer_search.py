@@ -292,7 +292,7 @@ def run_layer_search(cfg: EvalConfig, beam: BeamSettings, score: Literal["pck", 
             "best": best.to_json() if best else None,
             "scored": [c.to_json() for c in scored], "beams": [[list(ids) for ids in b] for b in beams],
             "dataset": cfg.dataset, "split": cfg.split, "split_fallback": split_fell_back,
-            "test_tuned": test_tuned, "data": dataset.describe() if hasattr(dataset, "describe") else None,
+            "test_tuned": test_tuned, "data": dataset.describe(),
             "n_pairs": len(indices), "max_pairs": cfg.max_pairs, "alpha": alpha if score == "pck" else None,
             "search": beam_settings_json(beam, n_ids), "n_ids": n_ids,
             **settings_record(cfg, thres=thres, arch=arch, weights=weights_record, numerics=numerics,
@@ -344,5 +344,5 @@ def run_layer_search(cfg: EvalConfig, beam: BeamSettings, score: Literal["pck", 
 
 
 def _pair_names(dataset: Any, i: int) -> tuple[str, str]:
-    meta = dataset.pair_meta(i) if hasattr(dataset, "pair_meta") else dataset[i]
+    meta = dataset.pair_meta(i)
     return meta["src_name"], meta["trg_name"]
