@@ -49,7 +49,7 @@ def test_no_citation_of_documents_outside_the_repository():
         for name in FOREIGN:
             if name in text:
                 hits.append(f"{path.relative_to(REPO_ROOT)}: {name}")
-        if re.search(r"\.md`?\s*\u00a7", text):  # "<doc>.md §N": cite docs/ headings instead
+        if re.search(r"\.md`?\s*\u00a7", text):  # a section-sign citation: cite docs/ headings
             hits.append(f"{path.relative_to(REPO_ROOT)}: a '<doc>.md \u00a7N' citation")
         rel = path.relative_to(REPO_ROOT).parts
         if "../shared" in text and rel[0] != "tests":  # only tests may use the optional real data
