@@ -63,7 +63,8 @@ def test_sorted_histogram_equals_index_add_on_real_like_votes():
 def test_indexed_rhm_equals_grid_rhm(method):
     votes, src_c, trg_c, (src_size, trg_size) = real_like_votes(4)
     grid = regularized_hough_matching(votes, src_c, trg_c, src_size, trg_size, path="grid")
-    indexed = regularized_hough_matching(votes, src_c, trg_c, src_size, trg_size, path="indexed", method=method)
+    indexed = regularized_hough_matching(votes, src_c, trg_c, src_size, trg_size, path="indexed",
+                                         method=method)
     assert torch.equal(grid, indexed) and grid.abs().sum() > 0
 
 
@@ -72,7 +73,8 @@ def test_module_switch_sends_auto_to_the_cuda_branches(monkeypatch):
     calls: list[str] = []
     real_grid, real_segment = rhm._grid_rhm, torch.segment_reduce
     monkeypatch.setattr(rhm, "_grid_rhm", lambda *a, **k: calls.append("grid") or real_grid(*a, **k))
-    monkeypatch.setattr(torch, "segment_reduce", lambda *a, **k: calls.append("sorted") or real_segment(*a, **k))
+    monkeypatch.setattr(torch, "segment_reduce",
+                        lambda *a, **k: calls.append("sorted") or real_segment(*a, **k))
     cpu = regularized_hough_matching(votes, src_c, trg_c, src_size, trg_size)
     assert calls == ["grid"]
     monkeypatch.setattr(rhm, "CUDA_PATHS_ON_CPU", True)
@@ -145,7 +147,8 @@ def test_nccl_initialisation_path(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: seen.setdefault("set_device", d))
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
-    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend: seen.setdefault("backend", backend))
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda backend: seen.setdefault("backend", backend))
     monkeypatch.setenv("WORLD_SIZE", "8")
     monkeypatch.setenv("RANK", "6")
     monkeypatch.setenv("LOCAL_RANK", "2")
