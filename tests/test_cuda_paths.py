@@ -95,13 +95,17 @@ def _small_model(**cycle):
                                      CycleConfig(patch_size=32, **cycle), torch.Generator().manual_seed(1))
 
 
-def _loss_and_grad(model, data, amp: torch.dtype | None, channels_last: bool = False):
+def _loss_and_grad(model, data, amp: torch.dtype | None, channels_last: bool = False,
+                   device: torch.device | None = None):
+    """One forward + backward as the trainer runs it (autocast when `amp`); returns (outputs, flat grad)."""
     model.zero_grad(set_to_none=True)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         data = {k: v.contiguous(memory_format=torch.channels_last) for k, v in data.items()}
-    with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
-        out = model(data["im_q"], data["im_k"], data["src"], data["trg"], torch.Generator().manual_seed(5))
+    device = device or torch.device("cpu")
+    gen = torch.Generator(device=device).manual_seed(5)
+    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        out = model(data["im_q"], data["im_k"], data["src"], data["trg"], gen)
     out["loss"].backward()
     grad = torch.cat([p.grad.flatten() for p in model.encoder_q.parameters() if p.grad is not None])
     return out, grad
