@@ -88,9 +88,9 @@ TINY = Profile(
         "0",
         "moco.arch=resnet18",
         "moco.queue_size=16",
-        "image_data.image_size=48",
-        "pixel_data.image_size=48",
-        "cycle.patch_size=24",
+        "image_data.image_size=64",
+        "pixel_data.image_size=64",
+        "cycle.patch_size=32",
     ),
 )
 
