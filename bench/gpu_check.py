@@ -184,8 +184,8 @@ def _parity_sets(ctx: Context) -> list[tuple[str, Any, float]]:
 @torch.no_grad()
 def section_parity(ctx: Context) -> dict[str, Any]:
     import models.rhm as rhm
-    from validation_and_test.concurrent import ConcurrentMatcher
     from validation_and_test.evaluate import Matcher, MatchSettings, pair_correct
+    from validation_and_test.pair_streams import ConcurrentMatcher
 
     set_faithful_numerics(ctx.device, fast=False)
     forced = ctx.device.type == "cpu"
@@ -249,8 +249,8 @@ def _timed_eval(matcher, dataset, ids, workers: int) -> dict[str, Any]:
 
 def section_eval(ctx: Context) -> dict[str, Any]:
     from bench.lookalike import LookalikePairs
-    from validation_and_test.concurrent import ConcurrentMatcher
     from validation_and_test.evaluate import Matcher, MatchSettings
+    from validation_and_test.pair_streams import ConcurrentMatcher
 
     p = ctx.profile
     cold = LookalikePairs(

@@ -14,8 +14,8 @@ from bench.lookalike import LookalikePairs
 from models.backbone import HyperpixelBackbone
 from models.rhm import hough_bins, hough_histogram, regularized_hough_matching
 from models.weights import load_resnet
-from validation_and_test.concurrent import ConcurrentMatcher
 from validation_and_test.evaluate import Matcher, MatchSettings, pair_correct
+from validation_and_test.pair_streams import ConcurrentMatcher
 
 pytestmark = pytest.mark.cuda
 IDS = (2, 4, 6)

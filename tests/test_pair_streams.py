@@ -10,8 +10,8 @@ import models.rhm as rhm
 from bench.lookalike import LookalikePairs
 from models.backbone import HyperpixelBackbone
 from models.weights import load_resnet
-from validation_and_test.concurrent import ConcurrentMatcher
 from validation_and_test.evaluate import Matcher, MatchSettings, evaluate
+from validation_and_test.pair_streams import ConcurrentMatcher
 
 IDS = (2, 4, 6)
 
