@@ -30,6 +30,12 @@ __all__ = ["hough_space_shape", "hough_bins", "hough_histogram", "gaussian_filte
 
 _CHUNK = 1 << 22  # elements converted to float64 at a time (32 MB)
 _PARTS = 4  # partial histograms of the grid path (fixed: results do not depend on the thread count)
+CUDA_PATHS_ON_CPU = False  # True: "auto" takes the CUDA branches on any device (tests of the CUDA-only code)
+
+
+def _cuda_style(device: torch.device) -> bool:
+    """Whether "auto" takes the CUDA branch (sorted histogram, indexed RHM) for tensors on `device`."""
+    return device.type != "cpu" or CUDA_PATHS_ON_CPU
 
 
 def hough_space_shape(src_size: Sequence[float], trg_size: Sequence[float],
@@ -152,7 +158,7 @@ def hough_histogram(votes: Tensor, bins: Tensor, n_bins: int,
     flat_bins = bins.reshape(-1)
     flat_votes = votes.reshape(-1)
     if method == "auto":
-        method = "index_add" if votes.device.type == "cpu" else "sorted"
+        method = "sorted" if _cuda_style(votes.device) else "index_add"
     if method == "index_add":
         hist = torch.zeros(n_bins, dtype=torch.float64, device=votes.device)
         for start in range(0, flat_votes.numel(), _CHUNK):
@@ -186,17 +192,23 @@ def smooth_histogram(hist: Tensor, ny: int, nx: int) -> Tensor:
 
 def regularized_hough_matching(votes: Tensor, src_centers: Tensor, trg_centers: Tensor,
                                src_size: Sequence[float], trg_size: Sequence[float],
-                               ncells: int = 8192, inplace: bool = False) -> Tensor:
+                               ncells: int = 8192, inplace: bool = False,
+                               path: Literal["auto", "grid", "indexed"] = "auto",
+                               method: Literal["auto", "index_add", "sorted"] = "auto") -> Tensor:
     """RHM confidence C (Ns, Nt) = V * H~[bins] for votes V (Ns, Nt) (OT votes or cosine powers).
 
     Centres (N, 2) and sizes (W, H) in resized-image pixels. `votes` is overwritten by C when `inplace`,
-    else left untouched.
+    else left untouched. `path`: "grid" (per-axis tables, CPU default for grids), "indexed" (N x N bins +
+    `hough_histogram(method)`, the CUDA default); "auto" picks by device (see `CUDA_PATHS_ON_CPU`).
     """
-    tables = _axis_bins(src_centers.float(), trg_centers.float(), src_size, trg_size, ncells)
-    if tables is not None and votes.dim() == 2 and votes.device.type == "cpu":  # CUDA: sorted, no atomics
+    if path == "auto":
+        path = "indexed" if _cuda_style(votes.device) or votes.dim() != 2 else "grid"
+    tables = (_axis_bins(src_centers.float(), trg_centers.float(), src_size, trg_size, ncells)
+              if path == "grid" else None)
+    if tables is not None:
         return _grid_rhm(votes, *tables, inplace=inplace)
     bins, (ny, nx) = hough_bins(src_centers, trg_centers, src_size, trg_size, ncells)
-    hist = hough_histogram(votes, bins, ny * nx)
+    hist = hough_histogram(votes, bins, ny * nx, method=method)
     gathered = smooth_histogram(hist, ny, nx).index_select(0, bins.view(-1)).view(bins.shape)
     del bins
     return votes.mul_(gathered) if inplace else gathered.mul_(votes)  # V * H~ == H~ * V exactly

@@ -30,6 +30,24 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("device_name", names, scope="session")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The `device` fixture's CUDA runs count as `cuda` tests; `cuda` tests skip without a GPU."""
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        params = getattr(item, "callspec", None)
+        if params is not None and str(params.params.get("device_name", "")).startswith("cuda"):
+            item.add_marker(pytest.mark.cuda)
+        if item.get_closest_marker("cuda") is not None and not torch.cuda.is_available():
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def cuda_device() -> torch.device:
+    """The GPU of a `cuda`-marked test (the marker already skips it without one)."""
+    return torch.device("cuda", torch.cuda.current_device())
+
+
 @pytest.fixture
 def device(device_name: str) -> torch.device:
     if device_name.startswith("cuda") and not torch.cuda.is_available():

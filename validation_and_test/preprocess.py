@@ -46,7 +46,7 @@ def prepare_image(img: torch.Tensor, rule: ResizeRule = "scot", long_side: int =
         raise ValueError(f"expected an image (3, H, W), got {tuple(img.shape)}")
     height, width = img.shape[-2:]
     s = resize_ratio(height, width, rule, long_side)
-    x = normalize(img.to(device) if device is not None else img).unsqueeze(0)
+    x = normalize(img.to(device, non_blocking=True) if device is not None else img).unsqueeze(0)
     size = resized_size(height, width, s)
     if size != (height, width):
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)

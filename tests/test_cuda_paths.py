@@ -1,0 +1,176 @@
+"""Every CUDA-only branch, forced on the CPU and compared with its CPU twin (no GPU needed).
+
+- sorted + segment-sum Hough histogram vs `index_add_`; the indexed RHM path vs the grid path;
+  `rhm.CUDA_PATHS_ON_CPU` switches "auto" to the CUDA branches;
+- a bf16 autocast step on the CPU vs float32; TF32 flags under `--fast`; nccl initialisation (mocked);
+- a static review: no `.cuda()`, `cudnn.benchmark` only in training.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import models.rhm as rhm
+from configs.runtime import init_distributed, set_faithful_numerics
+from models.geometry import receptive_field_boxes
+from models.rhm import hough_bins, hough_histogram, regularized_hough_matching
+from models.sinkhorn import cosine_similarity, ot_votes
+
+REPO = Path(__file__).resolve().parents[1]
+CODE_DIRS = ("models", "training", "validation_and_test", "configs", "data", "bench", "scripts")
+
+
+def real_like_votes(seed: int, src_grid=(19, 25), trg_grid=(25, 19), jump: int = 16, dim: int = 64):
+    """OT votes (Ns, Nt) of random features on two hyperpixel grids, with their centres and sizes (W, H)."""
+    g = torch.Generator().manual_seed(seed)
+    (_, src_c), (_, trg_c) = (receptive_field_boxes(h, w, jump, 43) for h, w in (src_grid, trg_grid))
+    src_f = torch.randn(len(src_c), dim, generator=g)
+    trg_f = torch.randn(len(trg_c), dim, generator=g)
+    sim = cosine_similarity(src_f, trg_f)
+    mu = torch.full((len(src_c),), 1.0 / len(src_c))
+    nu = torch.full((len(trg_c),), 1.0 / len(trg_c))
+    votes = ot_votes(sim, mu, nu, eps=0.05, exp2=0.5)
+    sizes = ((src_grid[1] * jump, src_grid[0] * jump), (trg_grid[1] * jump, trg_grid[0] * jump))
+    return votes, src_c, trg_c, sizes
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sorted_histogram_equals_index_add_on_random_votes(seed):
+    g = torch.Generator().manual_seed(seed)
+    n_bins = 257
+    bins = torch.randint(0, n_bins - 7, (61, 53), generator=g)  # the top bins stay empty
+    votes = torch.rand(61, 53, generator=g) ** 3
+    a = hough_histogram(votes, bins, n_bins, method="index_add")
+    b = hough_histogram(votes, bins, n_bins, method="sorted")
+    assert torch.equal(a, b)
+    assert a[-7:].abs().sum() == 0 and a.sum() > 0
+
+
+def test_sorted_histogram_equals_index_add_on_real_like_votes():
+    votes, src_c, trg_c, (src_size, trg_size) = real_like_votes(3)
+    bins, (ny, nx) = hough_bins(src_c, trg_c, src_size, trg_size)
+    a = hough_histogram(votes, bins, ny * nx, method="index_add")
+    b = hough_histogram(votes, bins, ny * nx, method="sorted")
+    assert torch.equal(a, b) and int((a > 0).sum()) > 100
+
+
+@pytest.mark.parametrize("method", ["index_add", "sorted"])
+def test_indexed_rhm_equals_grid_rhm(method):
+    votes, src_c, trg_c, (src_size, trg_size) = real_like_votes(4)
+    grid = regularized_hough_matching(votes, src_c, trg_c, src_size, trg_size, path="grid")
+    indexed = regularized_hough_matching(votes, src_c, trg_c, src_size, trg_size, path="indexed",
+                                         method=method)
+    assert torch.equal(grid, indexed) and grid.abs().sum() > 0
+
+
+def test_module_switch_sends_auto_to_the_cuda_branches(monkeypatch):
+    votes, src_c, trg_c, (src_size, trg_size) = real_like_votes(5, (9, 12), (12, 9))
+    calls: list[str] = []
+    real_grid, real_segment = rhm._grid_rhm, torch.segment_reduce
+    monkeypatch.setattr(rhm, "_grid_rhm", lambda *a, **k: calls.append("grid") or real_grid(*a, **k))
+    monkeypatch.setattr(torch, "segment_reduce",
+                        lambda *a, **k: calls.append("sorted") or real_segment(*a, **k))
+    cpu = regularized_hough_matching(votes, src_c, trg_c, src_size, trg_size)
+    assert calls == ["grid"]
+    monkeypatch.setattr(rhm, "CUDA_PATHS_ON_CPU", True)
+    forced = regularized_hough_matching(votes, src_c, trg_c, src_size, trg_size)
+    assert calls == ["grid", "sorted"] and torch.equal(cpu, forced)
+
+
+def _small_model(**cycle):
+    """ResNet-18 MoCo + cycle at random init. The comparison uses cycle T = 0.1 and random crop centres: at
+    the paper's T = 0.0007 the cycle softmax is an argmax over random-init features, which bf16 rounding
+    flips (a different crop, a different loss), so only finiteness is asserted there."""
+    from models.contrastive import ContrastiveCorrespondence
+    from models.cycle import CycleConfig
+    from models.moco import MoCoConfig
+
+    torch.manual_seed(0)
+    return ContrastiveCorrespondence(MoCoConfig(arch="resnet18", dim=16, queue_size=32),
+                                     CycleConfig(patch_size=32, **cycle), torch.Generator().manual_seed(1))
+
+
+def _loss_and_grad(model, data, amp: torch.dtype | None, channels_last: bool = False,
+                   device: torch.device | None = None):
+    """One forward + backward as the trainer runs it (autocast when `amp`); returns (outputs, flat grad)."""
+    model.zero_grad(set_to_none=True)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        data = {k: v.contiguous(memory_format=torch.channels_last) for k, v in data.items()}
+    device = device or torch.device("cpu")
+    gen = torch.Generator(device=device).manual_seed(5)
+    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        out = model(data["im_q"], data["im_k"], data["src"], data["trg"], gen)
+    out["loss"].backward()
+    grad = torch.cat([p.grad.flatten() for p in model.encoder_q.parameters() if p.grad is not None])
+    return out, grad
+
+
+def test_bf16_autocast_step_on_cpu_is_finite_and_close_to_fp32():
+    g = torch.Generator().manual_seed(0)
+    data = {"im_q": torch.randn(2, 3, 32, 32, generator=g), "im_k": torch.randn(2, 3, 32, 32, generator=g),
+            "src": torch.randn(2, 3, 64, 64, generator=g), "trg": torch.randn(2, 3, 64, 64, generator=g)}
+    smooth = {"temperature": 0.1, "crop_centre": "random"}
+    ref, ref_grad = _loss_and_grad(_small_model(**smooth), data, None)
+    for channels_last in (False, True):
+        out, grad = _loss_and_grad(_small_model(**smooth), data, torch.bfloat16, channels_last)
+        for key, tol in (("loss", 0.1), ("loss_moco", 0.1), ("loss_cycle", 0.01)):
+            assert torch.isfinite(out[key]), key
+            assert math.isclose(out[key].item(), ref[key].item(), rel_tol=tol), (key, channels_last)
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+        cos = torch.nn.functional.cosine_similarity(grad.float(), ref_grad, dim=0)
+        assert cos > 0.1, (float(cos), channels_last)  # random init, 18 bf16 layers, batch 2: correlated
+    paper, grad = _loss_and_grad(_small_model(), data, torch.bfloat16, True)
+    assert all(torch.isfinite(paper[k]) for k in ("loss", "loss_moco", "loss_cycle"))
+    assert torch.isfinite(grad).all()
+
+
+def test_tf32_only_under_fast_on_cuda():
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        rec = set_faithful_numerics(torch.device("cuda"), fast=True)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert rec["precision"] == "tf32"
+        rec = set_faithful_numerics(torch.device("cuda"), fast=False)
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert rec["precision"] == "float32"
+        assert set_faithful_numerics(torch.device("cpu"), fast=True)["precision"] == "float32"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_nccl_initialisation_path(monkeypatch):
+    """The CUDA branch of `init_distributed`: cuda:LOCAL_RANK, set_device, nccl (process group mocked)."""
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: seen.setdefault("set_device", d))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda backend: seen.setdefault("backend", backend))
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("RANK", "6")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    info = init_distributed("cuda")
+    assert seen == {"set_device": torch.device("cuda", 2), "backend": "nccl"}
+    assert info.device == torch.device("cuda", 2) and info.rank == 6 and info.distributed
+
+
+def _code_lines():
+    for folder in CODE_DIRS:
+        for path in sorted((REPO / folder).rglob("*.py")):
+            for no, line in enumerate(path.read_text().splitlines(), 1):
+                code = line.split("#")[0]
+                yield path.relative_to(REPO).as_posix(), no, code
+
+
+def test_no_dot_cuda_and_cudnn_benchmark_only_in_training():
+    dot_cuda = [(p, n) for p, n, c in _code_lines() if re.search(r"[\w)\]]\.cuda\(", c)]
+    benchmark = [p for p, n, c in _code_lines() if "cudnn.benchmark =" in c or "cudnn.benchmark=" in c]
+    assert dot_cuda == []
+    assert benchmark == ["training/trainer.py"]
