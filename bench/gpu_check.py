@@ -349,7 +349,7 @@ def section_train(ctx: Context) -> dict[str, Any]:
 
 def section_tiny(ctx: Context) -> dict[str, Any]:
     from bench.train_speed import make_jpeg_folder
-    from training.logging import read_metrics
+    from training.metrics import read_metrics
 
     p = ctx.profile
     images = make_jpeg_folder(ctx.work / "tiny_images", 10 * p.tiny_batch, size=max(p.tiny_size, 40))

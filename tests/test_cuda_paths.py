@@ -17,9 +17,9 @@ import torch
 
 import models.rhm as rhm
 from configs.runtime import init_distributed, set_faithful_numerics
-from models.geometry import receptive_field_boxes
 from models.rhm import hough_bins, hough_histogram, regularized_hough_matching
 from models.sinkhorn import cosine_similarity, ot_votes
+from models.transfer import receptive_field_boxes
 
 REPO = Path(__file__).resolve().parents[1]
 CODE_DIRS = ("models", "training", "validation_and_test", "configs", "data", "bench", "scripts")
