@@ -1,10 +1,12 @@
-"""Parity of the factorised hyperpixel similarity with the dense reference, pair by pair, on real data.
+"""Parity of the factorised hyperpixel similarity with the dense reference (or of the bf16 backbone with
+float32, `--variant bf16`), pair by pair, on real data.
 
     python bench/similarity_parity.py --dataset pfwillow --datapath Datasets_SCOT --every 9 \
         --weights random --hyperpixel 2,11,12,13,14
+    python bench/similarity_parity.py --dataset pfwillow --datapath Datasets_SCOT --variant bf16 --max-pairs 36
     python bench/similarity_parity.py --dataset spair --datapath Datasets_SCOT --weights random --max-pairs 12
 
-Runs `evaluate()` twice over the same pairs, once per `--similarity` (the backbone and CAM run once per
+Runs `evaluate()` twice over the same pairs, once per variant (for `dense` the backbone and CAM run once per
 image: both matchers share one block cache), and prints the share of pairs whose per-keypoint
 correctness is identical at every alpha, and the dataset PCK of both. Not a test (minutes on a CPU);
 `tests/test_hyper_similarity.py` holds the small, fast twins.
@@ -51,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-pairs", type=int, default=None)
     p.add_argument("--long-side", type=int, default=None, help="resize target (default: the preset's, 300)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--variant", choices=("dense", "bf16"), default="dense",
+                   help="dense: factorised against the dense product; bf16: the backbone and CAM under bf16 "
+                        "autocast (what --fast does where bf16 is fast) against float32")
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args(argv)
     preset = str(preset_path(args.dataset))
@@ -65,20 +70,27 @@ def main(argv: list[str] | None = None) -> int:
     ids = tuple(args.hyperpixel or cfg.hyperpixel)
     backbone = HyperpixelBackbone(model, arch)
     settings = MatchSettings.from_config(cfg)
-    dense = Matcher(backbone, replace(settings, similarity="dense"), device, cache_mb=6144, cache_blocks=True)
-    fact = Matcher(backbone, replace(settings, similarity="factorised"), device, cache_blocks=True)
-    fact.cache = dense.cache  # one backbone + CAM pass per image for both
+    if args.variant == "dense":
+        ref = Matcher(backbone, replace(settings, similarity="dense"), device, cache_mb=6144,
+                      cache_blocks=True)
+        cand = Matcher(backbone, settings, device, cache_blocks=True)
+        cand.cache = ref.cache  # one backbone + CAM pass per image for both
+        names = ("dense", "factorised")
+    else:
+        ref = Matcher(backbone, settings, device)
+        cand = Matcher(backbone, settings, device, bf16=True)
+        names = ("float32", "bf16")
     results = {}
-    for name, matcher in (("dense", dense), ("factorised", fact)):
+    for name, matcher in zip(names, (ref, cand)):
         results[name] = evaluate(matcher, dataset, ids, cfg.alpha, cfg.thres, indices=indices, progress=True)
     figures = {"dataset": args.dataset, "weights": record, "arch": arch, "ids": list(ids),
-               "long_side": cfg.long_side, "feature_cache": results["dense"].cache,
-               **compare(results["dense"].rows, results["factorised"].rows, cfg.alpha),
-               "pck_dense": results["dense"].summary["pck"],
-               "pck_factorised": results["factorised"].summary["pck"],
-               "match_s_dense": dense.timings["match"], "match_s_factorised": fact.timings["match"]}
-    figures["max_dataset_diff_pt"] = max(abs(figures["pck_dense"][k] - figures["pck_factorised"][k])
-                                         for k in figures["pck_dense"])
+               "long_side": cfg.long_side, "feature_cache": results[names[0]].cache,
+               **compare(results[names[0]].rows, results[names[1]].rows, cfg.alpha),
+               **{f"pck_{n}": results[n].summary["pck"] for n in names},
+               **{f"{stage}_s_{n}": m.timings[stage] for n, m in zip(names, (ref, cand))
+                  for stage in ("features", "cam", "match")}}
+    figures["max_dataset_diff_pt"] = max(abs(figures[f"pck_{names[0]}"][k] - figures[f"pck_{names[1]}"][k])
+                                         for k in figures[f"pck_{names[0]}"])
     print(json.dumps(figures, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
