@@ -3,7 +3,8 @@ float32, `--variant bf16`), pair by pair, on real data.
 
     python bench/similarity_parity.py --dataset pfwillow --datapath Datasets_SCOT --every 9 \
         --weights random --hyperpixel 2,11,12,13,14
-    python bench/similarity_parity.py --dataset pfwillow --datapath Datasets_SCOT --variant bf16 --max-pairs 36
+    python bench/similarity_parity.py --dataset pfwillow --datapath Datasets_SCOT --variant bf16 \
+        --max-pairs 36
     python bench/similarity_parity.py --dataset spair --datapath Datasets_SCOT --weights random --max-pairs 12
 
 Runs `evaluate()` twice over the same pairs, once per variant (for `dense` the backbone and CAM run once per
