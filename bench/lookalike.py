@@ -60,6 +60,9 @@ class LookalikePairs(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def check_thres(self, thres: str) -> str:
+        return self.default_thres if thres == "auto" else thres
+
     def _image(self, i: int) -> torch.Tensor:
         if self.folder is None:
             return self.images[i][0]

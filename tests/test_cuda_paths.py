@@ -82,16 +82,18 @@ def test_module_switch_sends_auto_to_the_cuda_branches(monkeypatch):
     assert calls == ["grid", "sorted"] and torch.equal(cpu, forced)
 
 
-def _small_model(**cycle):
-    """ResNet-18 MoCo + cycle at random init. The comparison uses cycle T = 0.1 and random crop centres: at
-    the paper's T = 0.0007 the cycle softmax is an argmax over random-init features, which bf16 rounding
-    flips (a different crop, a different loss), so only finiteness is asserted there."""
+def _small_model(moco_temperature: float = 0.07, **cycle):
+    """ResNet-18 MoCo + cycle at random init. The comparison uses smooth temperatures (MoCo 1.0, cycle 0.1)
+    and random crop centres: at the paper's (0.07, 0.0007) the softmaxes act on random-init features as
+    near-argmaxes, which bf16 rounding (and oneDNN's thread-dependent bf16 kernels) flips, so only
+    finiteness is asserted there."""
     from models.contrastive import ContrastiveCorrespondence
     from models.cycle import CycleConfig
     from models.moco import MoCoConfig
 
     torch.manual_seed(0)
-    return ContrastiveCorrespondence(MoCoConfig(arch="resnet18", dim=16, queue_size=32),
+    return ContrastiveCorrespondence(MoCoConfig(arch="resnet18", dim=16, queue_size=32,
+                                                temperature=moco_temperature),
                                      CycleConfig(patch_size=32, **cycle), torch.Generator().manual_seed(1))
 
 
@@ -115,11 +117,11 @@ def test_bf16_autocast_step_on_cpu_is_finite_and_close_to_fp32():
     g = torch.Generator().manual_seed(0)
     data = {"im_q": torch.randn(2, 3, 32, 32, generator=g), "im_k": torch.randn(2, 3, 32, 32, generator=g),
             "src": torch.randn(2, 3, 64, 64, generator=g), "trg": torch.randn(2, 3, 64, 64, generator=g)}
-    smooth = {"temperature": 0.1, "crop_centre": "random"}
+    smooth = {"moco_temperature": 1.0, "temperature": 0.1, "crop_centre": "random"}
     ref, ref_grad = _loss_and_grad(_small_model(**smooth), data, None)
     for channels_last in (False, True):
         out, grad = _loss_and_grad(_small_model(**smooth), data, torch.bfloat16, channels_last)
-        for key, tol in (("loss", 0.1), ("loss_moco", 0.1), ("loss_cycle", 0.01)):
+        for key, tol in (("loss", 0.05), ("loss_moco", 0.05), ("loss_cycle", 0.01)):
             assert torch.isfinite(out[key]), key
             assert math.isclose(out[key].item(), ref[key].item(), rel_tol=tol), (key, channels_last)
         assert torch.isfinite(grad).all() and grad.abs().sum() > 0
