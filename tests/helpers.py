@@ -180,3 +180,14 @@ def assert_same_tensors(a, b, where: str = "") -> None:
             assert_same_tensors(x, y, f"{where}[{i}]")
     else:
         assert a == b, where
+
+
+def write_small_willow(root: Path, n_rows: int = 3) -> Path:
+    """A PF-WILLOW of `n_rows` car(G) pairs over four seeded-noise 120x100 images (keypoints inside them)."""
+    names = [f"car(G)/{k}.png" for k in "abcd"]
+    rows = [willow_row(names[i % 4], names[(i + 1) % 4], i) for i in range(n_rows)]
+    write_willow(root, rows, {name: (120, 100) for name in names})
+    rng = np.random.default_rng(0)
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, (100, 120, 3), dtype=np.uint8)).save(root / "PF-WILLOW" / name)
+    return root
