@@ -1,12 +1,15 @@
-"""Shared fixtures: `device` (cpu always, cuda when available or forced), real-data roots, tmp roots."""
+"""Shared fixtures: `device` (cpu always, cuda when available or forced), real-data roots, tmp roots,
+`image_root` (a tiny ImageFolder)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_REALDATA = REPO_ROOT.parent / "shared" / "realdata"
@@ -77,3 +80,15 @@ def realdata_spair_layout() -> Path:
 @pytest.fixture
 def realdata_pfpascal_csvs() -> Path:
     return _realdata("PF-PASCAL")
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory) -> Path:
+    """16 random 40x40 JPEGs in two class folders (an ImageFolder stand-in for ImageNet)."""
+    root = tmp_path_factory.mktemp("imagenet")
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        folder = root / f"n{i % 2:08d}"
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.JPEG")
+    return root

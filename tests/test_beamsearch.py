@@ -17,6 +17,7 @@ import shlex
 
 import pytest
 import torch
+from helpers import write_small_willow
 
 from configs.runtime import UserError
 from models.cycle import soft_argmax_walk
@@ -284,15 +285,19 @@ def test_cli_errors_are_one_line(capsys, tiny_config):
     assert err.startswith("error:") and "out of range" in err and "\n" not in err
 
 
-def test_pfwillow_searches_test_and_says_so(realdata_root, tmp_path):
+@pytest.mark.parametrize("source", ["generated", "real"])
+def test_pfwillow_searches_test_and_says_so(source, request, tmp_path):
+    """PF-WILLOW has no val split: the search falls back to test and says so (generated, real data)."""
     from validation_and_test.beamsearch import main
 
+    root = (request.getfixturevalue("realdata_root") if source == "real"
+            else write_small_willow(tmp_path / "root", n_rows=1))
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert main(["--dataset", "pfwillow", "--datapath", str(realdata_root), "--weights", "random",
+        assert main(["--dataset", "pfwillow", "--datapath", str(root), "--weights", "random",
                      "--backbone", "resnet18", "--max-pairs", "1", "--score", "cycle", "--bases", "3",
-                     "--depth", "1", "--output-dir", str(tmp_path)]) == 0
-    doc = json.loads((tmp_path / "search.json").read_text())
+                     "--depth", "1", "--output-dir", str(tmp_path / "out")]) == 0
+    doc = json.loads((tmp_path / "out" / "search.json").read_text())
     assert doc["split"] == "test" and doc["split_fallback"] and doc["test_tuned"]
     assert "TEST-TUNED" in printed.getvalue() and "no val split" in printed.getvalue()
     assert [c["ids"] for c in doc["scored"]] == [[3]] and math.isfinite(doc["best"]["score"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import write_small_willow
 
 import data
 from configs.runtime import UserError
@@ -39,14 +40,21 @@ def test_normalize_uint8_and_float_agree():
     assert abs(a[1, 2, 3].item() - expect) < 1e-6
 
 
-def test_dataloader_with_workers(realdata_root):
-    ds = data.build_dataset("pfwillow", root=realdata_root)
-    subset = torch.utils.data.Subset(ds, [0, 95, 500, 899])
+@pytest.mark.parametrize("source", ["generated", "real"])
+def test_dataloader_with_workers(source, request, tmp_path):
+    """Two worker processes batch PF-WILLOW pairs in order (generated fixture of 6 pairs, real data)."""
+    if source == "real":
+        root, picks = request.getfixturevalue("realdata_root"), [0, 95, 500, 899]
+    else:
+        root, picks = write_small_willow(tmp_path, n_rows=6), [0, 2, 3, 5]
+    ds = data.build_dataset("pfwillow", root=root)
+    subset = torch.utils.data.Subset(ds, picks)
     loader = torch.utils.data.DataLoader(subset, batch_size=2, num_workers=2, collate_fn=data.collate_pairs)
     batches = list(loader)
-    assert [b["index"].tolist() for b in batches] == [[0, 95], [500, 899]]
+    assert [b["index"].tolist() for b in batches] == [picks[:2], picks[2:]]
     assert all(b["src_kps"].device.type == "cpu" and b["kps_mask"].all() for b in batches)
-    assert torch.equal(batches[1]["trg_kps"][1], ds[899]["trg_kps"])
+    assert torch.equal(batches[1]["trg_kps"][1], ds[picks[3]]["trg_kps"])
+    assert torch.equal(batches[0]["src_img"][1], ds[picks[1]]["src_img"])
 
 
 def test_registry_errors(tmp_path):

@@ -5,58 +5,21 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import write_pascal
 from PIL import Image
-from scipy.io import savemat
 
 import data
 from configs.runtime import UserError
-from data.pfpascal import PFPASCAL_CLASSES, read_pair_list
-
-NAN = np.nan
-# image -> (class, kps K x 2 with NaN rows, bbox)
-MATS = {
-    "2008_000001": ("car", [[10, 11], [NAN, NAN], [30, 31], [40, 41]], [5, 6, 50, 45]),
-    "2008_000002": ("car", [[12, 13], [22, 23], [NAN, NAN], [42, 43]], [7, 8, 55, 48]),
-    "2008_000003": ("car", [[NAN, NAN], [NAN, NAN], [25, 26], [NAN, NAN]], [1, 1, 30, 30]),
-    "2008_000004": ("car", [[1, 2], [3, 4], [5, 6]], [0, 0, 9, 9]),  # K = 3: mismatch with the others
-}
-
-
-def _write_pascal(root: Path) -> Path:
-    folder = root / "PF-PASCAL"
-    (folder / "JPEGImages").mkdir(parents=True)
-    for stem, (cls, kps, bbox) in MATS.items():
-        Image.fromarray(np.full((48, 64, 3), 100, np.uint8)).save(folder / "JPEGImages" / f"{stem}.jpg")
-        (folder / "Annotations" / cls).mkdir(parents=True, exist_ok=True)
-        savemat(folder / "Annotations" / cls / f"{stem}.mat",
-                {"kps": np.array(kps, dtype=np.float64), "bbox": np.array([bbox], dtype=np.float64)})
-    car = PFPASCAL_CLASSES.index("car") + 1
-    path = "PF-dataset-PASCAL/JPEGImages/{}.jpg"
-    tables = {
-        "test": (["source_image", "target_image", "class", "XA", "YA", "XB", "YB"],
-                 [[path.format("2008_000001"), path.format("2008_000002"), car, "10;40", "11;41", "12;42",
-                   "13;43"]]),
-        "val": (["source_image", "target_image", "class", "flip"],
-                [[path.format("2008_000002"), path.format("2008_000001"), car, 0]]),
-        "trn": (["source_image", "target_image", "class", "flip"],
-                [[path.format("2008_000001"), path.format("2008_000002"), car, 0],
-                 [path.format("2008_000001"), path.format("2008_000002"), car, 1],
-                 [path.format("2008_000002"), path.format("2008_000003"), car, 1]]),
-    }
-    for split, (header, rows) in tables.items():
-        with (folder / f"{split}_pairs.csv").open("w", newline="") as fh:
-            csv.writer(fh).writerows([header, *rows])
-    return root
+from data.pfpascal import read_pair_list
 
 
 @pytest.fixture
 def pascal_root(tmp_path):
-    return _write_pascal(tmp_path)
+    return write_pascal(tmp_path)
 
 
 def test_mat_keypoints_keep_rows_visible_in_both(pascal_root):

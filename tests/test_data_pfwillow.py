@@ -4,42 +4,24 @@ every error message."""
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import willow_row, write_willow
 from scipy.io import loadmat
 
 import data
 from configs.runtime import UserError
-from data.pfwillow import HEADER, PFWILLOW_CLASSES
-
-
-def _write_willow(root: Path, rows: list[list], images: dict[str, tuple[int, int]]) -> Path:
-    folder = root / "PF-WILLOW"
-    for name, (w, h) in images.items():
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(folder / name)
-    with (folder / "test_pairs.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(HEADER)
-        writer.writerows(rows)
-    return root
-
-
-def _row(a: str, b: str, seed: int) -> list:
-    rng = np.random.default_rng(seed)
-    return [f"PF-dataset/{a}", f"PF-dataset/{b}"] + [f"{v:.3f}" for v in rng.uniform(5, 95, 40)]
+from data.pfwillow import PFWILLOW_CLASSES
 
 
 @pytest.fixture
 def willow_root(tmp_path):
     images = {"car(G)/a.png": (100, 80), "car(G)/b.png": (90, 100), "duck(S)/c.png": (100, 100),
               "duck(S)/d.png": (60, 100)}
-    rows = [_row("car(G)/a.png", "car(G)/b.png", 0), _row("duck(S)/c.png", "duck(S)/d.png", 1)]
-    return _write_willow(tmp_path, rows, images)
+    rows = [willow_row("car(G)/a.png", "car(G)/b.png", 0), willow_row("duck(S)/c.png", "duck(S)/d.png", 1)]
+    return write_willow(tmp_path, rows, images)
 
 
 def test_fixture_pairs_parsed_by_position(willow_root):
@@ -66,8 +48,9 @@ def test_fixture_pairs_parsed_by_position(willow_root):
 ])
 def test_row_errors_name_file_and_row(tmp_path, mutate, message):
     images = {"car(G)/a.png": (50, 50), "car(G)/b.png": (50, 50)}
-    rows = [_row("car(G)/a.png", "car(G)/b.png", 0), mutate(_row("car(G)/b.png", "car(G)/a.png", 1))]
-    root = _write_willow(tmp_path, rows, images)
+    rows = [willow_row("car(G)/a.png", "car(G)/b.png", 0),
+            mutate(willow_row("car(G)/b.png", "car(G)/a.png", 1))]
+    root = write_willow(tmp_path, rows, images)
     with pytest.raises(UserError, match=message) as err:
         data.build_dataset("pfwillow", root=root)
     assert "\n" not in str(err.value)

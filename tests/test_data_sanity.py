@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import pair_json, willow_row, write_spair, write_willow
 from PIL import Image
-from test_data_pfwillow import _row, _write_willow
-from test_data_spair import _pair_json, _write_spair
 
 import data
 from configs.runtime import UserError
@@ -24,7 +23,7 @@ LINE, SRC, TRG, CAT = "000001-2008_000001-2008_000002:cow", "2008_000001", "2008
 
 
 def spair_with(tmp_path: Path, **override) -> data.PairDataset:
-    _write_spair(tmp_path, [(LINE, SRC, TRG, _pair_json(LINE, SRC, TRG, CAT, **override))])
+    write_spair(tmp_path, [(LINE, SRC, TRG, pair_json(LINE, SRC, TRG, CAT, **override))])
     return data.build_dataset("spair", root=tmp_path)
 
 
@@ -71,17 +70,17 @@ def test_keypoints_far_outside_the_image_are_warned_with_the_pair(tmp_path):
                                   "PF-dataset/./car(G)/a.png", "C:/PF-dataset/car(G)/a.png",
                                   "PF-dataset\\..\\car(G)\\a.png"])
 def test_pfwillow_paths_leaving_the_dataset_folder_are_refused(tmp_path, cell):
-    row = _row("car(G)/a.png", "car(G)/b.png", 0)
+    row = willow_row("car(G)/a.png", "car(G)/b.png", 0)
     row[0] = cell
-    root = _write_willow(tmp_path, [row], {"car(G)/a.png": (100, 80), "car(G)/b.png": (90, 100)})
+    root = write_willow(tmp_path, [row], {"car(G)/a.png": (100, 80), "car(G)/b.png": (90, 100)})
     with pytest.raises(UserError, match="leaves the dataset folder"):
         data.build_dataset("pfwillow", root=root)
 
 
 def test_pfwillow_target_keypoints_at_one_point_are_refused(tmp_path):
-    row = _row("car(G)/a.png", "car(G)/b.png", 0)
+    row = willow_row("car(G)/a.png", "car(G)/b.png", 0)
     row[22:42] = ["50"] * 20  # XB1..XB10, YB1..YB10 all equal
-    root = _write_willow(tmp_path, [row], {"car(G)/a.png": (100, 80), "car(G)/b.png": (90, 100)})
+    root = write_willow(tmp_path, [row], {"car(G)/a.png": (100, 80), "car(G)/b.png": (90, 100)})
     with pytest.raises(UserError, match="test_pairs.csv:2: target keypoint extent .* single point"):
         data.build_dataset("pfwillow", root=root)
 

@@ -4,11 +4,10 @@ fixtures with the file-name rules, and error messages."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from helpers import spair_pairs, write_spair
 
 import data
 from configs.runtime import UserError
@@ -17,47 +16,9 @@ from data.spair import SPAIR_CLASSES, parse_layout
 TEST_PER_CATEGORY = [690, 650, 702, 702, 870, 644, 564, 600, 646, 640, 600, 600, 702, 650, 862, 664, 756, 692]
 
 
-def _pair_json(line: str, src: str, trg: str, cat: str, k: int = 3, **override) -> dict:
-    ann = {"pair_id": int(line[:6]), "filename": line, "src_imname": f"{src}.jpg", "trg_imname": f"{trg}.jpg",
-           "src_imsize": [60, 40, 3], "trg_imsize": [50, 40, 3], "src_bndbox": [1, 2, 50, 30],
-           "trg_bndbox": [3, 4, 40, 35], "category": cat, "src_pose": "Left", "trg_pose": "Right",
-           "src_kps": [[5 + i, 6 + i] for i in range(k)], "trg_kps": [[10 + i, 7 + 2 * i] for i in range(k)],
-           "kps_ids": [str(i) for i in range(k)], "mirror": 0, "viewpoint_variation": 2, "scale_variation": 1,
-           "truncation": 3, "occlusion": 0}
-    ann.update(override)
-    return ann
-
-
-def _write_spair(root: Path, pairs: list[tuple[str, str, str, dict]], split: str = "test",
-                 trailing_newline: bool = True) -> Path:
-    folder = root / "SPair-71k"
-    for line, src, trg, ann in pairs:
-        cat = line.split(":")[1]
-        for stem, (w, h) in ((src, (60, 40)), (trg, (50, 40))):
-            path = folder / "JPEGImages" / cat / f"{stem}.jpg"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.full((h, w, 3), 128, np.uint8)).save(path)
-        ann_path = folder / "PairAnnotation" / split / f"{line}.json"
-        ann_path.parent.mkdir(parents=True, exist_ok=True)
-        ann_path.write_text(json.dumps(ann))  # no trailing newline, as the official files
-    layout = folder / "Layout" / "large" / f"{split}.txt"
-    layout.parent.mkdir(parents=True, exist_ok=True)
-    text = "\n".join(p[0] for p in pairs)
-    layout.write_text(text + ("\n" if trailing_newline else ""))
-    return root
-
-
-def _pairs(specs):
-    out = []
-    for n, (src, trg, cat) in enumerate(specs, start=1):
-        line = f"{n:06d}-{src}-{trg}:{cat}"
-        out.append((line, src, trg, _pair_json(line, src, trg, cat)))
-    return out
-
-
 def test_fixture_no_trailing_newline_keeps_last_pair_and_ids_fixed(tmp_path):
-    pairs = _pairs([("2008_000001", "2008_000002", "cow"), ("2009_000003", "2009_000004", "tvmonitor")])
-    root = _write_spair(tmp_path, pairs, trailing_newline=False)
+    pairs = spair_pairs([("2008_000001", "2008_000002", "cow"), ("2009_000003", "2009_000004", "tvmonitor")])
+    root = write_spair(tmp_path, pairs, trailing_newline=False)
     (root / "SPair-71k" / "JPEGImages" / "aaa_stray").mkdir()  # stray folder must not shift class ids
     ds = data.build_dataset("spair", root=root)
     assert len(ds) == 2
@@ -78,13 +39,13 @@ def test_fixture_no_trailing_newline_keeps_last_pair_and_ids_fixed(tmp_path):
     ({"category": "dog"}, "category 'dog' differs"),
 ])
 def test_json_errors_name_the_file(tmp_path, override, message):
-    pairs = _pairs([("2008_000001", "2008_000002", "cow")])
+    pairs = spair_pairs([("2008_000001", "2008_000002", "cow")])
     ann = pairs[0][3]
     if override == "drop:occlusion":
         del ann["occlusion"]
     else:
         ann.update(override)
-    root = _write_spair(tmp_path, pairs)
+    root = write_spair(tmp_path, pairs)
     ds = data.build_dataset("spair", root=root)
     with pytest.raises(UserError, match=message) as err:
         ds[0]
@@ -92,7 +53,7 @@ def test_json_errors_name_the_file(tmp_path, override, message):
 
 
 def test_layout_and_folder_errors(tmp_path):
-    root = _write_spair(tmp_path, _pairs([("2008_000001", "2008_000002", "cow")]))
+    root = write_spair(tmp_path, spair_pairs([("2008_000001", "2008_000002", "cow")]))
     layout = root / "SPair-71k" / "Layout" / "large" / "test.txt"
     layout.write_text("000001-2008_000001-2008_000002:cow\n000002-2008-01-x:cow\n")
     with pytest.raises(UserError, match=r"test.txt:2: .* is not NNNNNN-<src>-<trg>:<category>"):

@@ -1,4 +1,6 @@
-"""`validation_and_test/test.py`: real PF-WILLOW end to end, output files, one-line errors, torchrun."""
+"""`validation_and_test/test.py`: PF-WILLOW and SPair end to end, output files, one-line errors, torchrun.
+Each check runs on generated official-layout fixtures (every clone) and again on a copy of the real data
+(`real` ids; skip without `../shared/realdata`)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from helpers import spair_pairs, write_small_willow, write_spair
 from torch import nn
 
 from configs.runtime import run_cli
@@ -36,10 +39,28 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_real_pfwillow_end_to_end(realdata_root, tmp_path, capsys):
+def _willow_copy(realdata_root: Path, tmp_path: Path, n_rows: int = 3) -> Path:
+    """A small PF-WILLOW (one sub-class, first rows of the pair list) that tests may break."""
+    src = realdata_root / "PF-WILLOW"
+    dst = tmp_path / "root" / "PF-WILLOW"
+    shutil.copytree(src / "car(G)", dst / "car(G)")
+    lines = (src / "test_pairs.csv").read_text().splitlines()
+    (dst / "test_pairs.csv").write_text("\n".join(lines[: n_rows + 1]) + "\n")
+    return dst.parent
+
+
+@pytest.fixture(params=["generated", "real"])
+def willow_root(request, tmp_path) -> Path:
+    """Three car(G) pairs that tests may break: generated, or the first rows of the real data."""
+    if request.param == "real":
+        return _willow_copy(request.getfixturevalue("realdata_root"), tmp_path)
+    return write_small_willow(tmp_path / "root")
+
+
+def test_pfwillow_end_to_end(willow_root, tmp_path, capsys):
     out_dir = tmp_path / "run"
     vis_dir = tmp_path / "vis"
-    code, stdout, _ = _cli(["--datapath", str(realdata_root), "--dataset", "pfwillow", "--max-pairs", "3",
+    code, stdout, _ = _cli(["--datapath", str(willow_root), "--dataset", "pfwillow", "--max-pairs", "3",
                             *FAST, "--output-dir", str(out_dir), "--vis-dir", str(vis_dir)], capsys)
     assert code == 0
     results = json.loads((out_dir / "results.json").read_text())
@@ -63,16 +84,6 @@ def test_real_pfwillow_end_to_end(realdata_root, tmp_path, capsys):
     assert "PCK@0.1" in stdout and "car(G)" in stdout
 
 
-def _willow_copy(realdata_root: Path, tmp_path: Path, n_rows: int = 3) -> Path:
-    """A small PF-WILLOW (one sub-class, first rows of the pair list) that tests may break."""
-    src = realdata_root / "PF-WILLOW"
-    dst = tmp_path / "root" / "PF-WILLOW"
-    shutil.copytree(src / "car(G)", dst / "car(G)")
-    lines = (src / "test_pairs.csv").read_text().splitlines()
-    (dst / "test_pairs.csv").write_text("\n".join(lines[: n_rows + 1]) + "\n")
-    return dst.parent
-
-
 def _first_image(root: Path) -> Path:
     row = (root / "PF-WILLOW" / "test_pairs.csv").read_text().splitlines()[1].split(",")
     return root / "PF-WILLOW" / "/".join(row[0].split("/")[1:])
@@ -80,8 +91,8 @@ def _first_image(root: Path) -> Path:
 
 @pytest.mark.parametrize("breakage", ["no_root", "no_folder", "missing_image", "corrupt_image", "bad_number",
                                       "bad_columns"])
-def test_data_errors_are_one_line(realdata_root, tmp_path, capsys, breakage):
-    root = _willow_copy(realdata_root, tmp_path)
+def test_data_errors_are_one_line(willow_root, tmp_path, capsys, breakage):
+    root = willow_root
     csv_path = root / "PF-WILLOW" / "test_pairs.csv"
     lines = csv_path.read_text().splitlines()
     if breakage == "no_root":
@@ -106,8 +117,8 @@ def test_data_errors_are_one_line(realdata_root, tmp_path, capsys, breakage):
     assert "Traceback" not in err
 
 
-def test_setting_errors_are_one_line(realdata_root, tmp_path, capsys):
-    base = ["--datapath", str(realdata_root), "--dataset", "pfwillow", "--device", "cpu", "--max-pairs", "1",
+def test_setting_errors_are_one_line(willow_root, tmp_path, capsys):
+    base = ["--datapath", str(willow_root), "--dataset", "pfwillow", "--device", "cpu", "--max-pairs", "1",
             "--output-dir", str(tmp_path / "out")]
     mlp = tmp_path / "mlp.pth"
     net = torchvision.models.resnet18(weights=None)
@@ -130,8 +141,8 @@ def test_setting_errors_are_one_line(realdata_root, tmp_path, capsys):
         assert "Traceback" not in err
 
 
-def test_preset_for_another_backbone_is_fine_with_explicit_ids(realdata_root, tmp_path, capsys):
-    code, _, _ = _cli(["--datapath", str(realdata_root), "--dataset", "pfwillow", "--max-pairs", "1", *FAST,
+def test_preset_for_another_backbone_is_fine_with_explicit_ids(willow_root, tmp_path, capsys):
+    code, _, _ = _cli(["--datapath", str(willow_root), "--dataset", "pfwillow", "--max-pairs", "1", *FAST,
                        "--classmap", "0", "--sim", "cosGeo", "--fast", "--output-dir", str(tmp_path / "o")],
                       capsys)
     assert code == 0
@@ -161,12 +172,21 @@ def test_torchrun_two_processes_match_single_process(realdata_root, tmp_path, ca
     assert csv_multi.read_text() == csv_single.read_text()
 
 
-def test_real_spair_breakdown(realdata_root, tmp_path, capsys):
-    """12 real SPair-71k test pairs ship with the dev data: one pair end to end, with the difficulty table."""
-    if not (realdata_root / "SPair-71k" / "PairAnnotation" / "test").is_dir():
+@pytest.fixture(params=["generated", "real"])
+def spair_root(request, tmp_path) -> Path:
+    """An SPair-71k root, an aeroplane test pair first: generated, or the 12 real pairs of the dev data."""
+    if request.param == "generated":
+        return write_spair(tmp_path / "root", spair_pairs([("2008_000001", "2008_000002", "aeroplane")]))
+    root = request.getfixturevalue("realdata_root")
+    if not (root / "SPair-71k" / "PairAnnotation" / "test").is_dir():
         pytest.skip("SPair-71k real data not available")
+    return root
+
+
+def test_spair_breakdown(spair_root, tmp_path, capsys):
+    """One pair end to end, with the difficulty table."""
     out_dir = tmp_path / "spair"
-    code, stdout, _ = _cli(["--datapath", str(realdata_root), "--dataset", "spair", "--max-pairs", "1", *FAST,
+    code, stdout, _ = _cli(["--datapath", str(spair_root), "--dataset", "spair", "--max-pairs", "1", *FAST,
                             "--classmap", "0", "--output-dir", str(out_dir)], capsys)
     assert code == 0
     results = json.loads((out_dir / "results.json").read_text())

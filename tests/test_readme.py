@@ -20,8 +20,7 @@ import pytest
 import torch
 import torchvision
 from conftest import REPO_ROOT, SHARED_REALDATA
-from test_data_pfpascal import _write_pascal
-from test_data_spair import _pairs, _write_spair
+from helpers import spair_pairs, write_pascal, write_spair
 
 from configs.runtime import UserError
 from training.config import load_train_config
@@ -158,11 +157,11 @@ def _arg(args: list[str], flag: str, default: str) -> str:
 def _tiny_root(dataset: str, tmp_path: Path) -> Path:
     """A dataset root for `dataset`: generated PF-PASCAL / SPair fixtures, the real PF-WILLOW."""
     if dataset == "pfpascal":
-        return _write_pascal(tmp_path / "pascal")
+        return write_pascal(tmp_path / "pascal")
     if dataset == "spair":
         root = tmp_path / "spair"
         for split in ("trn", "val", "test"):
-            _write_spair(root, _pairs([("2008_000001", "2008_000002", "aeroplane"),
+            write_spair(root, spair_pairs([("2008_000001", "2008_000002", "aeroplane"),
                                        ("2008_000002", "2008_000001", "aeroplane")]), split=split)
         return root
     if not (SHARED_REALDATA / "PF-WILLOW").is_dir():

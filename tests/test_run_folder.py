@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from test_train_run import ENV, REPO, assert_same_tensors, image_root, tiny_overrides  # noqa: F401
+from helpers import ENV, REPO, assert_same_tensors, tiny_overrides
 
 from configs.runtime import UserError
 from training.checkpoint import build_checkpoint, save_checkpoint, step_checkpoints
@@ -121,7 +121,7 @@ run_cli(main, sys.argv[1:])
 """
 
 
-def test_kill_during_final_last_write_then_resume_auto(tmp_path, image_root):  # noqa: F811
+def test_kill_during_final_last_write_then_resume_auto(tmp_path, image_root):
     out = tmp_path / "run"
     overrides = tiny_overrides(image_root, None)
     argv = [*TRAIN_ARGS, "--output-dir", str(out), *overrides]

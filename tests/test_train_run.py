@@ -12,10 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import ENV, REPO, assert_same_tensors, tiny_overrides
 
 from models.contrastive import ContrastiveCorrespondence
 from models.cycle import CycleConfig
@@ -23,30 +22,7 @@ from models.moco import MoCoConfig
 from models.weights import load_resnet
 from training.metrics import read_metrics
 
-REPO = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, "training/train.py", "--config", "configs/demo.yaml", "--device", "cpu"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
-
-
-def tiny_overrides(image_root: Path, init: Path | None, queue: int = 16) -> list[str]:
-    return ["image_data.source=imagefolder", f"image_data.root={image_root}", "image_data.image_size=32",
-            "pixel_data.image_size=32", "cycle.patch_size=16", "batch_size=4", "pair_batch_size=2",
-            "epochs=2", "steps_per_epoch=3", f"moco.queue_size={queue}", "checkpoint.every_steps=2",
-            "checkpoint.keep_last=2",
-            "log.interval=1", "log.vis_interval=0", "log.tensorboard=false", "log.progress=false",
-            *(["init.kind=checkpoint", f"init.checkpoint={init}"] if init else ["init.kind=random"])]
-
-
-@pytest.fixture(scope="module")
-def image_root(tmp_path_factory) -> Path:
-    """16 random 40x40 JPEGs in two class folders (an ImageFolder stand-in for ImageNet)."""
-    root = tmp_path_factory.mktemp("imagenet")
-    rng = np.random.default_rng(0)
-    for i in range(16):
-        folder = root / f"n{i % 2:08d}"
-        folder.mkdir(exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.JPEG")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -64,22 +40,6 @@ def moco_checkpoint(tmp_path_factory) -> Path:
 def run_train(out: Path, overrides: list[str], *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([*TRAIN, "--output-dir", str(out), *extra, *overrides], cwd=REPO, env=ENV,
                           capture_output=True, text=True, timeout=300)
-
-
-def assert_same_tensors(a, b, where: str = "") -> None:
-    """Recursive exact equality of checkpoint contents (tensors bit for bit)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert set(a) == set(b), where
-        for k in a:
-            assert_same_tensors(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_tensors(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, image_root, moco_checkpoint):
