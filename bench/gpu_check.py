@@ -229,10 +229,11 @@ def section_parity(ctx: Context) -> dict[str, Any]:
 def _timed_eval(matcher, dataset, ids, workers: int) -> dict[str, Any]:
     """`evaluate()` after a one-pair warm-up (same matcher, then its timings and cache are reset)."""
     from validation_and_test.evaluate import evaluate
+    from validation_and_test.feature_cache import FeatureCache
 
     evaluate(matcher, dataset, ids, indices=[0])
     matcher.timings = dict.fromkeys(matcher.timings, 0.0)
-    matcher.cache.clear()
+    matcher.cache = FeatureCache(matcher.cache.max_bytes / 2**20)
     _reset_peak(matcher.device)
     res = evaluate(matcher, dataset, ids, num_workers=workers)
     n = max(res.n_pairs, 1)
