@@ -3,9 +3,10 @@
     python bench/eval_speed.py --device cpu --pairs 3
     python bench/eval_speed.py --device cuda --pairs 20 --end-to-end 299
 
-Generated look-alike pairs (bundled scikit-image photos cropped/resized to benchmark image sizes, target =
-shifted, recoloured copy): never a test, never real data. Columns, measured in one run with the pairs
-interleaved (the column order rotates from pair to pair, so a shared CPU's load falls on all of them):
+Generated look-alike pairs (`bench/lookalike.py`: bundled scikit-image photos resized to benchmark image
+sizes, source and target two shifted, recoloured variants of one photo): never a test, never real data.
+Columns, measured in one run with the pairs interleaved (the column order rotates from pair to pair, so a
+shared CPU's load falls on all of them):
 - `reference`: a direct re-statement of the reference algorithm: dense (N, D) hyperpixels, the original's
   dense plan products diag(a) K diag(b) and its dense (Ns x n_bins) Hough buffer;
 - `before`: this project's matcher before the factorised similarity: dense hyperpixels and cosine, a fresh
@@ -31,10 +32,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from bench.lookalike import lookalike_image  # noqa: E402
 from configs.runtime import resolve_device, set_faithful_numerics, synchronize  # noqa: E402
 from models.backbone import HyperpixelBackbone  # noqa: E402
 from models.rhm import gaussian_filter_7x7, hough_bins, hough_histogram, smooth_histogram  # noqa: E402
@@ -54,20 +55,14 @@ COLUMNS = ("reference", "before", "ours")
 
 def look_alike_pair(index: int, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                torch.Tensor]:
-    """(src uint8 (3,H,W), trg uint8, src_kps (10,2), trg_kps) from a bundled photo; trg = shifted copy."""
-    from skimage import data as skdata
-
-    photo = [skdata.astronaut, skdata.chelsea, skdata.coffee, skdata.rocket][index % 4]()
-    img = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).float().unsqueeze(0)
-    img = F.interpolate(img, size=hw, mode="bilinear", align_corners=False).clamp(0, 255)[0]
-    src = img.round().to(torch.uint8)
-    dx, dy = 10 + index % 7, 6 + index % 5
-    trg = torch.zeros_like(src)
-    trg[:, dy:, dx:] = (src[:, : hw[0] - dy, : hw[1] - dx].float() * 0.9 + 10).clamp(0, 255).to(torch.uint8)
+    """(src uint8 (3,H,W), trg uint8, src_kps (10,2), trg_kps): two look-alike variants (shifted,
+    recoloured) of one bundled photo (`bench.lookalike`), keypoints moving with the content."""
+    other = index + 4 * (1 + index % 3)  # the same photo (index mod 4), another shift and colour
+    (src, src_shift), (trg, trg_shift) = lookalike_image(index, hw), lookalike_image(other, hw)
     g = torch.Generator().manual_seed(index)
-    kps = torch.stack([torch.rand(10, generator=g) * (hw[1] - 60) + 30,
-                       torch.rand(10, generator=g) * (hw[0] - 60) + 30], dim=1)
-    return src, trg, kps, kps + torch.tensor([dx, dy], dtype=torch.float32)
+    kps = torch.stack([torch.rand(10, generator=g) * (hw[1] - 90) + 30,
+                       torch.rand(10, generator=g) * (hw[0] - 90) + 30], dim=1)
+    return src, trg, kps + src_shift, kps + trg_shift
 
 
 class _Clock:
