@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench.lookalike import lookalike_image  # noqa: E402
+from bench.lookalike import LookalikePairs, lookalike_image  # noqa: E402
 from configs.runtime import resolve_device, set_faithful_numerics, synchronize  # noqa: E402
 from models.backbone import HyperpixelBackbone  # noqa: E402
 from models.rhm import gaussian_filter_7x7, hough_bins, hough_histogram, smooth_histogram  # noqa: E402
@@ -129,12 +128,6 @@ def _match_ours(src, trg, mu, nu, st: MatchSettings, clock: _Clock, matcher: Mat
     conf = regularized_hough_matching(votes, src.centers, trg.centers, src.size, trg.size, inplace=True)
     clock.lap("rhm")
     return conf
-
-
-def peak_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
 
 
 def _matchers(matcher: Matcher) -> dict[str, Matcher]:
@@ -255,40 +248,6 @@ def print_table(times: dict[str, dict[str, float]], reuse: int = 18) -> None:
         print(line)
 
 
-class _FilePairs(torch.utils.data.Dataset):
-    """Look-alike pairs stored as JPEG files, decoded with Pillow like the benchmarks."""
-
-    name, split, default_thres = "pfpascal", "test", "img"
-
-    def __init__(self, folder: Path, n: int):
-        from PIL import Image
-
-        self.items = []
-        sizes = SIZES["pfpascal"]
-        for i in range(n):
-            src, trg, src_kps, trg_kps = look_alike_pair(i, sizes[i % len(sizes)])
-            names = (f"img{i:04d}_a.jpg", f"img{i:04d}_b.jpg")
-            for name, img in zip(names, (src, trg)):
-                Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / name, quality=95)
-            self.items.append((names, src_kps, trg_kps))
-        self.folder = folder
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def check_thres(self, thres: str) -> str:
-        return self.default_thres if thres == "auto" else thres
-
-    def __getitem__(self, i: int) -> dict:
-        from data.io import read_rgb_uint8
-
-        (a, b), src_kps, trg_kps = self.items[i]
-        box = torch.cat([trg_kps.min(0).values, trg_kps.max(0).values])
-        return {"index": i, "src_name": a, "trg_name": b, "class_name": "lookalike",
-                "src_img": read_rgb_uint8(self.folder / a), "trg_img": read_rgb_uint8(self.folder / b),
-                "src_kps": src_kps, "trg_kps": trg_kps, "src_bbox": box, "trg_bbox": box}
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="auto")
@@ -314,6 +273,7 @@ def main(argv=None) -> int:
     numerics = set_faithful_numerics(device, args.fast)
     model, arch, _ = load_resnet(args.backbone, "random", seed=0)
     matcher = Matcher(HyperpixelBackbone(model, arch), MatchSettings(fast=args.fast), device, cache_mb=0)
+    numerics["precision"] = matcher.precision(numerics["precision"])
     sizes = SIZES[args.dataset_sizes]
     pairs = [look_alike_pair(i, sizes[i % len(sizes)]) for i in range(args.pairs + 1)]
     columns = ("ours",) if args.no_reference else COLUMNS
@@ -330,7 +290,9 @@ def main(argv=None) -> int:
         print(f"resident memory of one pair's matching, fresh process each (MB, before -> peak): {cells}")
     if args.end_to_end:
         with tempfile.TemporaryDirectory() as tmp:
-            ds = _FilePairs(Path(tmp), args.end_to_end)
+            sizes = SIZES["pfpascal"]
+            pairs = [look_alike_pair(i, sizes[i % len(sizes)]) for i in range(args.end_to_end)]
+            ds = LookalikePairs.from_pairs(pairs, folder=Path(tmp), name="pfpascal", default_thres="img")
             e2e = Matcher(HyperpixelBackbone(model, arch), MatchSettings(fast=args.fast), device)
             start = time.perf_counter()
             result = evaluate(e2e, ds, ids, num_workers=min(4, os.cpu_count() or 1))

@@ -199,12 +199,12 @@ def section_parity(ctx: Context) -> dict[str, Any]:
     }
     alphas = (0.05, 0.1, 0.15)
     ok = True
+    cpu_backbone, dev_backbone = _backbone(ctx), _backbone(ctx)  # two: a Matcher moves its backbone
     for name, ds, exp2 in _parity_sets(ctx):
         settings = MatchSettings(exp2=exp2)
-        cpu = Matcher(_backbone(ctx), settings, "cpu")
-        dev = ConcurrentMatcher(_backbone(ctx), settings, ctx.device, concurrent=True)
-        base = getattr(ds, "dataset", ds)
-        thres = base.check_thres("auto") if hasattr(base, "check_thres") else base.default_thres
+        cpu = Matcher(cpu_backbone, settings, "cpu")
+        dev = ConcurrentMatcher(dev_backbone, settings, ctx.device, concurrent=True)
+        thres = getattr(ds, "dataset", ds).check_thres("auto")
         same, max_diff = 0, 0.0
         for k in range(len(ds)):
             sample = ds[k]
@@ -229,11 +229,10 @@ def section_parity(ctx: Context) -> dict[str, Any]:
 def _timed_eval(matcher, dataset, ids, workers: int) -> dict[str, Any]:
     """`evaluate()` after a one-pair warm-up (same matcher, then its timings and cache are reset)."""
     from validation_and_test.evaluate import evaluate
-    from validation_and_test.feature_cache import FeatureCache
 
     evaluate(matcher, dataset, ids, indices=[0])
     matcher.timings = dict.fromkeys(matcher.timings, 0.0)
-    matcher.cache = FeatureCache(matcher.cache.max_bytes / 2**20)
+    matcher.cache.clear()
     _reset_peak(matcher.device)
     res = evaluate(matcher, dataset, ids, num_workers=workers)
     n = max(res.n_pairs, 1)

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data.registry import extent_box
+
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 
 
@@ -33,28 +35,43 @@ def lookalike_image(index: int, size: tuple[int, int]) -> tuple[torch.Tensor, to
 
 class LookalikePairs(torch.utils.data.Dataset):
     """Every ordered pair of `n_images` look-alike images (see module doc); `max_pairs` keeps the first ones.
+    `LookalikePairs.from_pairs` wraps given pairs instead (each image in one pair: a cold cache).
 
     `folder`: images are written there as JPEG and decoded per sample (the loader's real work).
     """
 
-    split, default_thres = "test", "bbox"
+    split = "test"
 
     def __init__(self, n_images: int, size: tuple[int, int] = (375, 500), n_kps: int = 10,
                  folder: Path | None = None, max_pairs: int | None = None, name: str = "lookalike"):
-        self.name = name
-        self.images = [lookalike_image(i, size) for i in range(n_images)]
+        images = [lookalike_image(i, size) for i in range(n_images)]
         g = torch.Generator().manual_seed(0)
         height, width = size
         base = torch.stack([torch.rand(n_kps, generator=g) * (width - 100) + 40,
                             torch.rand(n_kps, generator=g) * (height - 100) + 40], dim=1)
-        self.kps = [base + shift for _, shift in self.images]
-        self.pairs = [(i, j) for i in range(n_images) for j in range(n_images) if i != j][:max_pairs]
-        self.folder = folder
+        pairs = [(i, j) for i in range(n_images) for j in range(n_images) if i != j][:max_pairs]
+        self._setup([img for img, _ in images], [base + shift for _, shift in images], pairs, folder, name,
+                    "bbox")
+
+    @classmethod
+    def from_pairs(cls, pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+                   folder: Path | None = None, name: str = "lookalike", default_thres: str = "bbox"
+                   ) -> LookalikePairs:
+        """Pairs (src uint8 (3, H, W), trg, src_kps (K, 2), trg_kps) as a dataset, images 2k and 2k + 1."""
+        obj = cls.__new__(cls)
+        obj._setup([img for p in pairs for img in p[:2]], [kps for p in pairs for kps in p[2:]],
+                   [(2 * k, 2 * k + 1) for k in range(len(pairs))], folder, name, default_thres)
+        return obj
+
+    def _setup(self, images: list[torch.Tensor], kps: list[torch.Tensor], pairs: list[tuple[int, int]],
+               folder: Path | None, name: str, default_thres: str) -> None:
+        self.images, self.kps, self.pairs = images, kps, pairs
+        self.folder, self.name, self.default_thres = folder, name, default_thres
         if folder is not None:
             from PIL import Image
 
             folder.mkdir(parents=True, exist_ok=True)
-            for i, (img, _) in enumerate(self.images):
+            for i, img in enumerate(images):
                 Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / f"img{i:03d}.jpg", quality=95)
 
     def __len__(self) -> int:
@@ -65,14 +82,14 @@ class LookalikePairs(torch.utils.data.Dataset):
 
     def _image(self, i: int) -> torch.Tensor:
         if self.folder is None:
-            return self.images[i][0]
+            return self.images[i]
         from data.io import read_rgb_uint8
 
         return read_rgb_uint8(self.folder / f"img{i:03d}.jpg")
 
     def __getitem__(self, k: int) -> dict[str, Any]:
         i, j = self.pairs[k]
-        box = torch.cat([self.kps[j].min(0).values, self.kps[j].max(0).values])
+        box = torch.from_numpy(extent_box(self.kps[j].numpy()))
         return {"index": k, "src_name": f"img{i:03d}", "trg_name": f"img{j:03d}", "class_name": "lookalike",
                 "src_img": self._image(i), "trg_img": self._image(j), "src_kps": self.kps[i].clone(),
                 "trg_kps": self.kps[j].clone(), "src_bbox": box.clone(), "trg_bbox": box}

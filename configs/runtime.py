@@ -113,17 +113,12 @@ def bf16_is_fast(device: torch.device) -> bool:
 
 
 def set_faithful_numerics(device: torch.device, fast: bool = False) -> dict[str, Any]:
-    """Full float32 (no TF32 on CUDA) unless `fast`; returns a record for results files.
-
-    `fast` allows TF32 on CUDA, and the evaluation matcher then runs the backbone and CAM passes under
-    bf16 autocast where `bf16_is_fast(device)`; both change numbers, and the record says which applied.
-    """
+    """Full float32 (no TF32 on CUDA) unless `fast`; returns a record for results files. (The evaluation
+    matcher adds its bf16 backbone to the record itself: `Matcher.precision`.)"""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = fast
         torch.backends.cudnn.allow_tf32 = fast
-    parts = (["tf32"] if fast and device.type == "cuda" else []) + (
-        ["bf16 backbone"] if fast and bf16_is_fast(device) else [])
-    return {"device": str(device), "precision": " + ".join(parts) or "float32"}
+    return {"device": str(device), "precision": "tf32" if (fast and device.type == "cuda") else "float32"}
 
 
 def synchronize(device: torch.device) -> None:

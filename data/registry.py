@@ -212,11 +212,16 @@ def check_box(box: np.ndarray, where: str, what: str = "box") -> None:
 KPS_MARGIN_PX = 5.0  # keypoints may sit this far outside the image (annotation rounding) without a warning
 
 
+def outside_mask(kps: torch.Tensor, size_wh: tuple[int, int], margin: float = 0.0) -> torch.Tensor:
+    """(K,) bool: keypoints (K, 2) (x, y) more than `margin` pixels outside [0, W - 1] x [0, H - 1]."""
+    w, h = size_wh
+    x, y = kps[:, 0], kps[:, 1]
+    return (x < -margin) | (y < -margin) | (x > w - 1 + margin) | (y > h - 1 + margin)
+
+
 def keypoints_outside(kps: torch.Tensor, img: torch.Tensor, margin: float = KPS_MARGIN_PX) -> int:
     """How many (x, y) keypoints lie more than `margin` pixels outside an image (3, H, W)."""
-    h, w = img.shape[-2:]
-    x, y = kps[:, 0], kps[:, 1]
-    return int(((x < -margin) | (y < -margin) | (x > w - 1 + margin) | (y > h - 1 + margin)).sum())
+    return int(outside_mask(kps, (img.shape[-1], img.shape[-2]), margin).sum())
 
 
 def build_dataset(name: str, root: str | Path | None = None, split: str = "test",

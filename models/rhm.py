@@ -73,12 +73,11 @@ def _axis_bins(src: Tensor, trg: Tensor, src_size: Sequence[float], trg_size: Se
 
 
 def hough_bins(src_centers: Tensor, trg_centers: Tensor, src_size: Sequence[float],
-               trg_size: Sequence[float], ncells: int = 8192, dtype: torch.dtype = torch.int64
-               ) -> tuple[Tensor, tuple[int, int]]:
+               trg_size: Sequence[float], ncells: int = 8192) -> tuple[Tensor, tuple[int, int]]:
     """Hough bin of every (source, target) pair.
 
     src_centers (Ns, 2), trg_centers (Nt, 2): box centres (x, y) in resized pixels; sizes (W, H).
-    Returns (bins `dtype` (default int64) (Ns, Nt) in [0, ny * nx), (ny, nx)). Bins come from float32
+    Returns (bins int64 (Ns, Nt) in [0, ny * nx), (ny, nx)). Bins come from float32
     offsets ((W_s - c_x) + d_x) / delta truncated, per axis; for row-major grids of centres (the
     hyperpixel case) the per-axis bins are computed on the small (w_s, w_t) and (h_s, h_t) tables and
     broadcast (same float32 operations per element, one N x N buffer).
@@ -89,7 +88,7 @@ def hough_bins(src_centers: Tensor, trg_centers: Tensor, src_size: Sequence[floa
     if tables is not None:
         bins_y, bins_x, ny, nx = tables
         (hs, ht), (ws, wt) = bins_y.shape, bins_x.shape
-        bins = torch.add(bins_y.to(dtype).view(hs, 1, ht, 1), bins_x.to(dtype).view(1, ws, 1, wt))
+        bins = torch.add(bins_y.view(hs, 1, ht, 1), bins_x.view(1, ws, 1, wt))
         return bins.view(hs * ws, ht * wt), (ny, nx)
     ny, nx, delta = hough_space_shape(src_size, trg_size, ncells)
     ref = torch.tensor([float(src_size[0]), float(src_size[1])], dtype=torch.float32, device=src.device)
@@ -97,7 +96,7 @@ def hough_bins(src_centers: Tensor, trg_centers: Tensor, src_size: Sequence[floa
     bins = torch.add(src_ref[:, 0, None], trg[None, :, 0]).div_(delta).long()
     bins_y = torch.add(src_ref[:, 1, None], trg[None, :, 1]).div_(delta).long()
     bins.add_(bins_y.mul_(nx))
-    return bins.to(dtype), (ny, nx)
+    return bins, (ny, nx)
 
 
 def _grid_histogram(votes4: Tensor, by: Tensor, bx: Tensor, n_bins: int) -> Tensor:

@@ -35,11 +35,6 @@ ARCH_BLOCKS: dict[str, tuple[tuple[int, int, int, int], bool]] = {
 }
 
 
-def archs() -> tuple[str, ...]:
-    """The supported architecture names, in table order."""
-    return tuple(ARCH_BLOCKS)
-
-
 _EXPECTED = ("a MoCo/our checkpoint {'state_dict': {'module.encoder_q.conv1.weight', ...}} or a torchvision "
              "ResNet state dict {'conv1.weight', 'layer1.0...', 'fc.weight'}")
 

@@ -253,3 +253,5 @@ def test_fast_bf16_backbone_keeps_float32_features_and_close_predictions(backbon
     assert torch.isfinite(pred).all()
     assert ((pred - faithful).norm(dim=1) <= 8).float().mean() >= 0.8  # within two strides (resized px)
     assert Matcher(backbone, settings, bf16=False).bf16 is False
+    assert fast.precision("float32") == "bf16 backbone" and fast.precision("tf32") == "tf32 + bf16 backbone"
+    assert Matcher(backbone, settings, bf16=False).precision("tf32") == "tf32"

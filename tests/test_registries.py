@@ -15,7 +15,7 @@ from validation_and_test.config import eval_parent_parser
 def test_adding_an_architecture_is_one_table_line(monkeypatch):
     monkeypatch.setitem(weights.ARCH_BLOCKS, "resnet152", ((3, 8, 36, 3), True))
     args = eval_parent_parser().parse_args(["--backbone", "resnet152"])
-    assert args.backbone == "resnet152" and "resnet152" in weights.archs()
+    assert args.backbone == "resnet152" and "resnet152" in weights.ARCH_BLOCKS
     MoCoConfig(arch="resnet152")  # the training config accepts it
     model, arch, _ = weights.load_resnet("resnet152", "random", seed=0)
     assert arch == "resnet152" and weights.infer_arch(model.state_dict()) == "resnet152"

@@ -305,7 +305,7 @@ def test_non_finite_loss_stops_with_step_and_terms(tmp_path, monkeypatch):
 def test_cycle_figure_png_from_model_outputs(tmp_path):
     from PIL import Image
 
-    from training.visualize import cycle_figure, save_cycle_figure
+    from training.visualize import cycle_figure, write_png
 
     model = tiny_model()
     x = torch.randn(2, 3, 64, 64)
@@ -313,7 +313,7 @@ def test_cycle_figure_png_from_model_outputs(tmp_path):
     image = cycle_figure(out["vis"], max_samples=2)
     assert image.dtype.name == "uint8" and image.shape[2] == 3 and image.shape[0] > 300
     assert image.std() > 10  # not a blank canvas
-    path = save_cycle_figure(out["vis"], tmp_path / "vis" / "step_0000001.png", max_samples=1)
+    path = write_png(cycle_figure(out["vis"], max_samples=1), tmp_path / "vis" / "step_0000001.png")
     with Image.open(path) as png:
         assert png.size[0] == image.shape[1] and png.size[1] < image.shape[0]  # one row instead of two
 

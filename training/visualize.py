@@ -77,8 +77,3 @@ def write_png(image: np.ndarray, path: str | Path) -> Path:
     path = Path(path)
     atomic_write_bytes(path, buf.getvalue())
     return path
-
-
-def save_cycle_figure(vis: dict[str, torch.Tensor], path: str | Path, max_samples: int = 4) -> Path:
-    """Render `cycle_figure` and write it as a PNG atomically."""
-    return write_png(cycle_figure(vis, max_samples), path)

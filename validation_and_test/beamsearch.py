@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from configs.runtime import check_writable_dir, run_cli  # noqa: E402
+from configs.runtime import run_cli  # noqa: E402
 from configs.validate import check_values  # noqa: E402
 from validation_and_test.config import CONFIG_KEYS, eval_parent_parser, parse_ids  # noqa: E402
 
@@ -62,8 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_values(vars(args), "command line")
-    if args.search_output_dir:
-        check_writable_dir(args.search_output_dir, "--output-dir")
     from validation_and_test.layer_scores import CycleScoreSettings
     from validation_and_test.layer_search import (
         BeamSettings,

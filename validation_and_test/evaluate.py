@@ -116,7 +116,8 @@ def evaluate(matcher: Matcher, dataset: Any, ids: Sequence[int], alphas: Sequenc
     acc = PCKAccumulator(list(alphas), dataset.name)
     loader = DataLoader(_Items(dataset, indices), batch_size=1, shuffle=False, collate_fn=_first,
                         num_workers=num_workers, persistent_workers=False,
-                        pin_memory=matcher.device.type == "cuda")  # pinned: the copy to the GPU is async
+                        # pinned only when workers decode ahead: the copy to the GPU then overlaps compute
+                        pin_memory=matcher.device.type == "cuda" and num_workers > 0)
     n_uncovered = 0
     start = time.perf_counter()
     iterator: Iterable[Any] = loader

@@ -68,6 +68,11 @@ class FeatureCache:
         self.put(key, value)
         return value
 
+    def clear(self) -> None:
+        """Drop every entry (the hit and miss counters keep counting)."""
+        self._items.clear()
+        self.bytes = 0
+
     def stats(self) -> dict[str, float]:
         return {"entries": len(self._items), "mb": self.bytes / 2**20, "hits": self.hits,
                 "misses": self.misses}

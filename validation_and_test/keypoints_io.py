@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from configs.runtime import UserError
+from data.registry import outside_mask
 
 KEYPOINT_FILE_SUFFIXES = (".json", ".csv")
 _FORMAT = '"x1,y1;x2,y2;..." or a .json/.csv file'
@@ -87,7 +88,7 @@ def _as_points(rows: list[Any], what: str, source: str) -> torch.Tensor:
 def check_inside(kps: torch.Tensor, size_wh: tuple[int, int], what: str = "source keypoint") -> None:
     """Refuse keypoints (K, 2) outside [0, W - 1] x [0, H - 1] (pixel coordinates of a W x H image)."""
     width, height = size_wh
-    outside = ((kps[:, 0] < 0) | (kps[:, 0] > width - 1) | (kps[:, 1] < 0) | (kps[:, 1] > height - 1))
+    outside = outside_mask(kps, size_wh)
     if bool(outside.any()):
         k = int(outside.nonzero()[0])
         raise UserError(f"{what} {k + 1} ({float(kps[k, 0]):g}, {float(kps[k, 1]):g}) is outside the "

@@ -148,6 +148,12 @@ class Matcher:
         self.cache_blocks = cache_blocks
         self.timings: dict[str, float] = {"features": 0.0, "cam": 0.0, "match": 0.0, "transfer": 0.0}
 
+    def precision(self, base: str) -> str:
+        """The numerics record's precision (`set_faithful_numerics`) plus the bf16 backbone when used."""
+        if not self.bf16:
+            return base
+        return "bf16 backbone" if base == "float32" else f"{base} + bf16 backbone"
+
     # ----------------------------------------------------------------------------------- features
     @torch.no_grad()
     def _blocks(self, img: torch.Tensor, ids: Sequence[int]) -> _ImageBlocks:
