@@ -47,7 +47,13 @@ def transfer_keypoints(confidence: Tensor, src_boxes: Tensor, trg_boxes: Tensor,
     keypoint; n_neighbours int64 (K,)).
     """
     best = confidence.max(dim=1).indices  # (Ns,) j*(i)
-    inside = keypoint_neighbours(src_boxes, src_kps)  # (K, Ns)
+    return transfer_from_best(best, keypoint_neighbours(src_boxes, src_kps), src_boxes, trg_boxes, src_kps)
+
+
+def transfer_from_best(best: Tensor, inside: Tensor, src_boxes: Tensor, trg_boxes: Tensor,
+                       src_kps: Tensor) -> tuple[Tensor, Tensor]:
+    """`transfer_keypoints` from the arg-max target `best` (Ns,) of every source box and the containment
+    mask `inside` (K, Ns) of `keypoint_neighbours` (for callers that also need them)."""
     n_neighbours = inside.sum(dim=1)
     src_tl = src_boxes[:, :2]
     trg_tl = trg_boxes[best, :2]  # (Ns, 2)

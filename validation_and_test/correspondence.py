@@ -24,7 +24,7 @@ import torch
 from configs.runtime import UserError, resolve_device, set_faithful_numerics, synchronize
 from data.io import MIN_IMAGE_SIDE, pil_to_uint8_tensor
 from models.backbone import HyperpixelBackbone, validate_ids
-from models.transfer import keypoint_neighbours, transfer_keypoints
+from models.transfer import keypoint_neighbours, transfer_from_best
 from models.weights import load_resnet
 from validation_and_test.config import CONFIG_KEYS, EvalConfig, check_backbone, resolve_config
 from validation_and_test.keypoints_io import check_inside, grid_keypoints
@@ -95,12 +95,6 @@ def to_uint8_image(image: Any, what: str = "image") -> torch.Tensor:
         raise UserError(f"{what} is {tensor.shape[2]}x{tensor.shape[1]} pixels; each side must be at least "
                         f"{MIN_IMAGE_SIDE}")
     return tensor
-
-
-def _grid_shape(centers: torch.Tensor) -> tuple[int, int]:
-    """(h, w) of a row-major grid of centres (N, 2)."""
-    width = int((centers[:, 1] == centers[0, 1]).sum())
-    return len(centers) // width, width
 
 
 class Correspondence:
@@ -175,15 +169,15 @@ class Correspondence:
                                                           dtype=torch.float32))
         conf = m.confidence(src, trg)
         kps = scale_keypoints(src_kps.to(self.device), src.scale)
-        pred, n_neighbours = transfer_keypoints(conf, src.boxes, trg.boxes, kps)  # as Matcher.predict_pair
         best_votes, best = conf.max(dim=1)
         share = best_votes / conf.sum(dim=1).clamp_min(torch.finfo(conf.dtype).tiny)  # (Ns,)
         del conf
-        inside = keypoint_neighbours(src.boxes, kps).to(share.dtype)  # (K, Ns)
-        kp_conf = (inside @ share) / n_neighbours.to(share.dtype)  # NaN where no box holds the keypoint
+        inside = keypoint_neighbours(src.boxes, kps)  # (K, Ns)
+        pred, n_neighbours = transfer_from_best(best, inside, src.boxes, trg.boxes, kps)  # as predict_pair
+        kp_conf = (inside.to(share.dtype) @ share) / n_neighbours.to(share.dtype)  # NaN: no box holds it
         dense = DenseMatches(src_points=(src.centers / src.scale).cpu(),
                              trg_points=(trg.centers[best] / trg.scale).cpu(), confidence=share.cpu(),
-                             grid=_grid_shape(src.centers), src_scale=src.scale, trg_scale=trg.scale)
+                             grid=src.grid, src_scale=src.scale, trg_scale=trg.scale)
         synchronize(self.device)
         trg_size = (int(trg_img.shape[2]), int(trg_img.shape[1]))
         return MatchResult(src_keypoints=src_kps, keypoints=(pred / trg.scale).cpu(),

@@ -73,7 +73,8 @@ class MatchSettings:
 @dataclass
 class ImageFeatures:
     """One image's hyperpixels in the resized frame: `factors` (factorised) or `dense` (N, D); boxes (N, 4),
-    centers (N, 2) px, weights (N,) CAM weights or None (uniform), size (W, H) resized, scale s."""
+    centers (N, 2) px, weights (N,) CAM weights or None (uniform), size (W, H) resized, scale s, grid (h, w)
+    of the hyperpixels (N = h * w, row-major)."""
 
     factors: FactorisedHyperpixels | None
     dense: torch.Tensor | None
@@ -82,6 +83,7 @@ class ImageFeatures:
     weights: torch.Tensor | None
     size: tuple[int, int]
     scale: float
+    grid: tuple[int, int]
 
     @property
     def feats(self) -> torch.Tensor:
@@ -197,8 +199,9 @@ class Matcher:
             factors = factorise(maps, ids, (rows, cols))
         weights = cam_weights(blocks.cam, centers) if blocks.cam is not None else None
         self.timings["features"] += time.perf_counter() - t0
+        kept = (len(range(grid[0])[rows]), len(range(grid[1])[cols]))
         return ImageFeatures(factors=factors, dense=dense, boxes=boxes, centers=centers, weights=weights,
-                             size=blocks.size, scale=blocks.scale)
+                             size=blocks.size, scale=blocks.scale, grid=kept)
 
     def image_features(self, img: torch.Tensor, ids: Sequence[int], key: str | None = None) -> ImageFeatures:
         """Hyperpixels of a uint8 image (3, H, W) for sorted `ids`; cached under `key` when given."""
