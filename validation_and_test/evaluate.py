@@ -25,7 +25,7 @@ from validation_and_test.pck import PCKAccumulator, correct_keypoints, pck_lengt
 from validation_and_test.preprocess import scale_keypoints
 
 __all__ = ["EvalResult", "Matcher", "MatchSettings", "PairPrediction", "evaluate", "pair_correct",
-           "resolve_thres", "shard_indices"]
+           "pair_row", "resolve_thres", "shard_indices"]
 
 
 @dataclass
@@ -65,7 +65,8 @@ _ERROR_KEY = "__user_error__"
 _TENSOR_KEYS = ("src_img", "trg_img", "src_kps", "trg_kps", "src_bbox", "trg_bbox")
 
 
-def _meta(sample: dict[str, Any], prediction: PairPrediction) -> dict[str, Any]:
+def pair_row(sample: dict[str, Any], prediction: PairPrediction) -> dict[str, Any]:
+    """The non-tensor fields of a sample plus the uncovered-keypoint count (a per-pair results row)."""
     meta = {k: v for k, v in sample.items() if k not in _TENSOR_KEYS}
     meta["n_uncovered"] = prediction.n_uncovered
     return meta
@@ -132,7 +133,7 @@ def evaluate(matcher: Matcher, dataset: Any, ids: Sequence[int], alphas: Sequenc
         prediction = matcher.predict_pair(sample, ids)
         correct = pair_correct(sample, prediction, alphas, thres)
         n_uncovered += prediction.n_uncovered
-        acc.add(_meta(sample, prediction), correct)
+        acc.add(pair_row(sample, prediction), correct)
         if on_pair is not None:
             on_pair(sample, prediction, correct)
     elapsed = time.perf_counter() - start

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from configs.runtime import UserError
 from models.backbone import HyperpixelBackbone, hyper_image, validate_ids
 from models.cycle import masked_coordinate_mse, self_attention, soft_argmax_walk
+from validation_and_test.evaluate import evaluate, resolve_thres
 from validation_and_test.feature_cache import FeatureCache
 from validation_and_test.preprocess import prepare_image
 
@@ -204,12 +205,9 @@ class CycleScore:
     def _prepare(self, img: torch.Tensor) -> torch.Tensor:
         return prepare_image(img, self.settings.resize_rule, self.settings.long_side, self.device)[0]
 
-    def _meta(self, i: int) -> dict[str, Any]:
-        return self.dataset.pair_meta(i)
-
     def pair_blocks(self, i: int) -> tuple[_Blocks, _Blocks, _Blocks, CropSpec]:
         """(source, target, crop) block maps of pair i (cached) and its crop spec."""
-        meta = self._meta(i)
+        meta = self.dataset.pair_meta(i)
         loaded: dict[str, Any] = {}
 
         def sample() -> dict[str, Any]:
@@ -310,9 +308,6 @@ class PCKScore:
 
     def __init__(self, matcher: Any, dataset: Any, indices: Sequence[int], alpha: float = 0.1,
                  thres: str = "auto"):
-        from validation_and_test.evaluate import evaluate, resolve_thres
-
-        self._evaluate = evaluate
         self.matcher = matcher
         self.dataset = dataset
         self.indices = list(indices)
@@ -320,8 +315,7 @@ class PCKScore:
         self.thres = resolve_thres(dataset, thres)
 
     def __call__(self, ids: tuple[int, ...]) -> float:
-        result = self._evaluate(self.matcher, self.dataset, ids, (self.alpha,), self.thres,
-                                indices=self.indices)
+        result = evaluate(self.matcher, self.dataset, ids, (self.alpha,), self.thres, indices=self.indices)
         return float(result.summary["pck"][f"{self.alpha:g}"])
 
     def cache_stats(self) -> dict[str, float]:

@@ -6,34 +6,13 @@ Both take uint8 images (3, H, W) and the `MatchResult` of `validation_and_test.c
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from configs.runtime import atomic_write_bytes
-
-
-def _save(fig, path: str | Path) -> Path:
-    """Write a matplotlib figure as a PNG atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+from validation_and_test.visualize import pyplot, save_figure
 
 
 def _hwc(img: torch.Tensor) -> np.ndarray:
@@ -71,7 +50,7 @@ def save_matches_figure(path: str | Path, src_img: torch.Tensor, trg_img: torch.
                         title: str = "") -> Path:
     """Source | target on one canvas, a line of its own colour from each source keypoint to its
     prediction (keypoints with no prediction: a cross on the source)."""
-    plt = _pyplot()
+    plt = pyplot()
     gap = 10
     hs, ws = src_img.shape[-2:]
     ht, wt = trg_img.shape[-2:]
@@ -95,12 +74,12 @@ def save_matches_figure(path: str | Path, src_img: torch.Tensor, trg_img: torch.
     ax.set_axis_off()
     ax.set_title(title or f"{len(src)} keypoints: source (left) -> predicted target (right)", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_warp_figure(path: str | Path, src_img: torch.Tensor, trg_img: torch.Tensor, result) -> Path:
     """Three panels: source, target warped into the source frame, and their 50 % blend."""
-    plt = _pyplot()
+    plt = pyplot()
     warped = warp_target(trg_img, dense_flow(result.dense, tuple(src_img.shape[-2:])))
     blend = ((src_img.float() + warped.float()) / 2).round().to(torch.uint8)
     hs, ws = src_img.shape[-2:]
@@ -111,4 +90,4 @@ def save_warp_figure(path: str | Path, src_img: torch.Tensor, trg_img: torch.Ten
         ax.set_title(name, fontsize=9)
         ax.set_axis_off()
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

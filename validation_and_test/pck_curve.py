@@ -10,11 +10,10 @@ from typing import Any, Optional
 import torch
 
 from configs.runtime import DistInfo, gather_objects
-from validation_and_test.evaluate import pair_correct
+from validation_and_test.evaluate import pair_correct, pair_row
 from validation_and_test.pck import PCKAccumulator
 
 CURVE_ALPHAS = tuple(round(0.005 * i, 3) for i in range(41))  # 0, 0.005, ..., 0.2
-_TENSOR_KEYS = ("src_img", "trg_img", "src_kps", "trg_kps", "src_bbox", "trg_bbox")
 
 
 class CurveCollector:
@@ -26,8 +25,7 @@ class CurveCollector:
         self.acc = PCKAccumulator(list(alphas), dataset)
 
     def on_pair(self, sample: dict[str, Any], prediction: Any, correct: torch.Tensor) -> None:
-        meta = {k: v for k, v in sample.items() if k not in _TENSOR_KEYS}
-        self.acc.add(meta, pair_correct(sample, prediction, self.alphas, self.thres))
+        self.acc.add(pair_row(sample, prediction), pair_correct(sample, prediction, self.alphas, self.thres))
 
     def curve(self, info: Optional[DistInfo] = None) -> dict[str, list]:
         """{"alphas": [...], "pck": [per-pair mean PCK (%) per alpha]} over all ranks (a collective call)."""

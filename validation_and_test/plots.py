@@ -6,30 +6,11 @@ Runs without a `pck_curve` entry (older results) are drawn as markers at their e
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from configs.runtime import atomic_write_bytes
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str | Path) -> Path:
-    plt = _pyplot()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
+from validation_and_test.visualize import pyplot, save_figure
 
 
 def headline_alpha(results: dict[str, Any]) -> str:
@@ -46,7 +27,7 @@ def run_label(results: dict[str, Any], fallback: str = "") -> str:
 
 def plot_pck_curves(runs: Sequence[tuple[str, dict[str, Any]]], path: str | Path) -> Path:
     """One curve per (label, results) run: PCK (%) against alpha from 0 to 0.2."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
     for i, (label, results) in enumerate(runs):
         colour = f"C{i % 10}"
@@ -62,13 +43,13 @@ def plot_pck_curves(runs: Sequence[tuple[str, dict[str, Any]]], path: str | Path
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_per_class(results: dict[str, Any], path: str | Path) -> Path:
     """Bars of per-class PCK at the headline alpha (the overall value dashed); a second panel of grouped
     bars per SPair difficulty factor and level when `per_difficulty` is present."""
-    plt = _pyplot()
+    plt = pyplot()
     alpha = headline_alpha(results)
     classes = {c: v.get(alpha) for c, v in results.get("per_class", {}).items()}
     difficulty = results.get("per_difficulty") or {}
@@ -101,7 +82,7 @@ def plot_per_class(results: dict[str, Any], path: str | Path) -> Path:
         ax.set_ylim(0, 100)
         ax.set_title("SPair difficulty", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_eval_plots(out_dir: str | Path, results: dict[str, Any]) -> list[Path]:

@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from configs.runtime import atomic_write_bytes
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a matplotlib figure as a PNG atomically and close it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    pyplot().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
 
 
 def _safe(name: str) -> str:
@@ -28,13 +50,7 @@ def save_pair_figure(path: str | Path, src_img: torch.Tensor, trg_img: torch.Ten
     pixels (NaN allowed); correct bool (K,) colours the predictions (green correct, red wrong) and the
     error segments to the true target keypoints (circles).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=100)
     colours = plt.get_cmap("tab10")
     for ax, img in zip(axes, (src_img, trg_img)):
@@ -57,11 +73,7 @@ def save_pair_figure(path: str | Path, src_img: torch.Tensor, trg_img: torch.Ten
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def pair_visualiser(vis_dir: str | Path, alphas: Sequence[float], vis_max: int, world_size: int = 1
