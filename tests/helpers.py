@@ -5,6 +5,7 @@ PF-WILLOW) written into a folder, and the tiny training run's settings."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -12,23 +13,24 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image
 from scipy.io import savemat
 
 from data.pfpascal import PFPASCAL_CLASSES
 from data.pfwillow import HEADER
 from models.cycle import CycleConfig
+from models.sinkhorn import cosine_similarity, ot_votes
+from models.transfer import receptive_field_boxes
+from training.config import load_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}  # for subprocesses run from REPO
 
 
 def original_cycle_config(**changes: Any) -> CycleConfig:
-    """The released code's cycle switches, read from their only home (`configs/train/original.yaml`),
-    then `changes`."""
-    released = yaml.safe_load((REPO / "configs/train/original.yaml").read_text())["cycle"]
-    return CycleConfig(**{**released, **changes})
+    """The released code's cycle switches, read from their only home (`configs/train/original.yaml`, loaded
+    with its `_base_` chain as training loads it), then `changes`."""
+    return dataclasses.replace(load_train_config(REPO / "configs/train/original.yaml").cycle, **changes)
 
 
 class ListDataset(torch.utils.data.Dataset):
@@ -44,14 +46,9 @@ class ListDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.samples[i]
 
-    def pair_meta(self, i: int) -> dict[str, Any]:
-        return {k: v for k, v in self.samples[i].items() if not torch.is_tensor(v)}
-
     def check_thres(self, thres: str) -> str:
         return self.default_thres if thres == "auto" else thres
 
-    def describe(self) -> dict[str, Any]:
-        return {"dataset": self.name, "split": self.split, "pairs": len(self)}
 
 
 # ------------------------------------------------------------------------------------------ PF-PASCAL
@@ -191,3 +188,49 @@ def write_small_willow(root: Path, n_rows: int = 3) -> Path:
     for name in names:
         Image.fromarray(rng.integers(0, 255, (100, 120, 3), dtype=np.uint8)).save(root / "PF-WILLOW" / name)
     return root
+
+
+# ------------------------------------------------------------------ CUDA-path twins (test_cuda_*)
+def real_like_votes(seed: int, src_grid=(19, 25), trg_grid=(25, 19), jump: int = 16, dim: int = 64):
+    """OT votes (Ns, Nt) of random features on two hyperpixel grids, with their centres and sizes (W, H)."""
+    g = torch.Generator().manual_seed(seed)
+    (_, src_c), (_, trg_c) = (receptive_field_boxes(h, w, jump, 43) for h, w in (src_grid, trg_grid))
+    src_f = torch.randn(len(src_c), dim, generator=g)
+    trg_f = torch.randn(len(trg_c), dim, generator=g)
+    sim = cosine_similarity(src_f, trg_f)
+    mu = torch.full((len(src_c),), 1.0 / len(src_c))
+    nu = torch.full((len(trg_c),), 1.0 / len(trg_c))
+    votes = ot_votes(sim, mu, nu, eps=0.05, exp2=0.5)
+    sizes = ((src_grid[1] * jump, src_grid[0] * jump), (trg_grid[1] * jump, trg_grid[0] * jump))
+    return votes, src_c, trg_c, sizes
+
+
+def small_model(moco_temperature: float = 0.07, **cycle):
+    """ResNet-18 MoCo + cycle at random init. The comparison uses smooth temperatures (MoCo 1.0, cycle 0.1)
+    and random crop centres: at the paper's (0.07, 0.0007) the softmaxes act on random-init features as
+    near-argmaxes, which bf16 rounding (and oneDNN's thread-dependent bf16 kernels) flips, so only
+    finiteness is asserted there."""
+    from models.contrastive import ContrastiveCorrespondence
+    from models.cycle import CycleConfig
+    from models.moco import MoCoConfig
+
+    torch.manual_seed(0)
+    return ContrastiveCorrespondence(MoCoConfig(arch="resnet18", dim=16, queue_size=32,
+                                                temperature=moco_temperature),
+                                     CycleConfig(patch_size=32, **cycle), torch.Generator().manual_seed(1))
+
+
+def loss_and_grad(model, data, amp: torch.dtype | None, channels_last: bool = False,
+                   device: torch.device | None = None):
+    """One forward + backward as the trainer runs it (autocast when `amp`); returns (outputs, flat grad)."""
+    model.zero_grad(set_to_none=True)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        data = {k: v.contiguous(memory_format=torch.channels_last) for k, v in data.items()}
+    device = device or torch.device("cpu")
+    gen = torch.Generator(device=device).manual_seed(5)
+    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        out = model(data["im_q"], data["im_k"], data["src"], data["trg"], gen)
+    out["loss"].backward()
+    grad = torch.cat([p.grad.flatten() for p in model.encoder_q.parameters() if p.grad is not None])
+    return out, grad

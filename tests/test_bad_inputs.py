@@ -17,11 +17,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ENV, REPO
 
 from configs.runtime import run_cli
-
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
 
 Argv = Callable[[Path], list[str]]
 

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 import torch
-from test_cuda_paths import _loss_and_grad, _small_model, real_like_votes
+from helpers import loss_and_grad, real_like_votes, small_model
 
 from bench.lookalike import LookalikePairs
 from models.backbone import HyperpixelBackbone
@@ -46,9 +46,9 @@ def test_matcher_on_gpu_matches_cpu_pck(cuda_device):
     set_faithful_numerics(cuda_device, fast=False)
     model, arch, _ = load_resnet("resnet18", "random", seed=0)
     ds = LookalikePairs(3, size=(120, 160), n_kps=6)
-    cpu = Matcher(HyperpixelBackbone(model, arch), MatchSettings(), "cpu")
+    cpu = Matcher(HyperpixelBackbone(model, arch), MatchSettings(long_side=160), "cpu")
     gpu = ConcurrentMatcher(HyperpixelBackbone(load_resnet("resnet18", "random", seed=0)[0], arch),
-                            MatchSettings(), cuda_device)
+                            MatchSettings(long_side=160), cuda_device)
     assert gpu.concurrent
     for k in range(len(ds)):
         a, b = cpu.predict_pair(ds[k], IDS), gpu.predict_pair(ds[k], IDS)
@@ -63,8 +63,8 @@ def test_bf16_step_on_gpu_is_finite_and_close_to_fp32(cuda_device, channels_last
     data = {k: torch.randn(2, 3, s, s, generator=g).to(cuda_device)
             for k, s in (("im_q", 32), ("im_k", 32), ("src", 64), ("trg", 64))}
     smooth = {"temperature": 0.1, "crop_centre": "random"}
-    ref, _ = _loss_and_grad(_small_model(**smooth).to(cuda_device), data, None, device=cuda_device)
-    out, grad = _loss_and_grad(_small_model(**smooth).to(cuda_device), data, torch.bfloat16, channels_last,
+    ref, _ = loss_and_grad(small_model(**smooth).to(cuda_device), data, None, device=cuda_device)
+    out, grad = loss_and_grad(small_model(**smooth).to(cuda_device), data, torch.bfloat16, channels_last,
                                device=cuda_device)
     assert torch.isfinite(grad).all()
     for key, tol in (("loss_moco", 0.1), ("loss_cycle", 0.01)):

@@ -10,33 +10,16 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, loss_and_grad, real_like_votes, small_model
 
 import models.rhm as rhm
 from configs.runtime import init_distributed, set_faithful_numerics
 from models.rhm import hough_bins, hough_histogram, regularized_hough_matching
-from models.sinkhorn import cosine_similarity, ot_votes
-from models.transfer import receptive_field_boxes
 
-REPO = Path(__file__).resolve().parents[1]
 CODE_DIRS = ("models", "training", "validation_and_test", "configs", "data", "bench", "scripts")
-
-
-def real_like_votes(seed: int, src_grid=(19, 25), trg_grid=(25, 19), jump: int = 16, dim: int = 64):
-    """OT votes (Ns, Nt) of random features on two hyperpixel grids, with their centres and sizes (W, H)."""
-    g = torch.Generator().manual_seed(seed)
-    (_, src_c), (_, trg_c) = (receptive_field_boxes(h, w, jump, 43) for h, w in (src_grid, trg_grid))
-    src_f = torch.randn(len(src_c), dim, generator=g)
-    trg_f = torch.randn(len(trg_c), dim, generator=g)
-    sim = cosine_similarity(src_f, trg_f)
-    mu = torch.full((len(src_c),), 1.0 / len(src_c))
-    nu = torch.full((len(trg_c),), 1.0 / len(trg_c))
-    votes = ot_votes(sim, mu, nu, eps=0.05, exp2=0.5)
-    sizes = ((src_grid[1] * jump, src_grid[0] * jump), (trg_grid[1] * jump, trg_grid[0] * jump))
-    return votes, src_c, trg_c, sizes
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -82,52 +65,21 @@ def test_module_switch_sends_auto_to_the_cuda_branches(monkeypatch):
     assert calls == ["grid", "sorted"] and torch.equal(cpu, forced)
 
 
-def _small_model(moco_temperature: float = 0.07, **cycle):
-    """ResNet-18 MoCo + cycle at random init. The comparison uses smooth temperatures (MoCo 1.0, cycle 0.1)
-    and random crop centres: at the paper's (0.07, 0.0007) the softmaxes act on random-init features as
-    near-argmaxes, which bf16 rounding (and oneDNN's thread-dependent bf16 kernels) flips, so only
-    finiteness is asserted there."""
-    from models.contrastive import ContrastiveCorrespondence
-    from models.cycle import CycleConfig
-    from models.moco import MoCoConfig
-
-    torch.manual_seed(0)
-    return ContrastiveCorrespondence(MoCoConfig(arch="resnet18", dim=16, queue_size=32,
-                                                temperature=moco_temperature),
-                                     CycleConfig(patch_size=32, **cycle), torch.Generator().manual_seed(1))
-
-
-def _loss_and_grad(model, data, amp: torch.dtype | None, channels_last: bool = False,
-                   device: torch.device | None = None):
-    """One forward + backward as the trainer runs it (autocast when `amp`); returns (outputs, flat grad)."""
-    model.zero_grad(set_to_none=True)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        data = {k: v.contiguous(memory_format=torch.channels_last) for k, v in data.items()}
-    device = device or torch.device("cpu")
-    gen = torch.Generator(device=device).manual_seed(5)
-    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-        out = model(data["im_q"], data["im_k"], data["src"], data["trg"], gen)
-    out["loss"].backward()
-    grad = torch.cat([p.grad.flatten() for p in model.encoder_q.parameters() if p.grad is not None])
-    return out, grad
-
-
 def test_bf16_autocast_step_on_cpu_is_finite_and_close_to_fp32():
     g = torch.Generator().manual_seed(0)
     data = {"im_q": torch.randn(2, 3, 32, 32, generator=g), "im_k": torch.randn(2, 3, 32, 32, generator=g),
             "src": torch.randn(2, 3, 64, 64, generator=g), "trg": torch.randn(2, 3, 64, 64, generator=g)}
     smooth = {"moco_temperature": 1.0, "temperature": 0.1, "crop_centre": "random"}
-    ref, ref_grad = _loss_and_grad(_small_model(**smooth), data, None)
+    ref, ref_grad = loss_and_grad(small_model(**smooth), data, None)
     for channels_last in (False, True):
-        out, grad = _loss_and_grad(_small_model(**smooth), data, torch.bfloat16, channels_last)
+        out, grad = loss_and_grad(small_model(**smooth), data, torch.bfloat16, channels_last)
         for key, tol in (("loss", 0.05), ("loss_moco", 0.05), ("loss_cycle", 0.01)):
             assert torch.isfinite(out[key]), key
             assert math.isclose(out[key].item(), ref[key].item(), rel_tol=tol), (key, channels_last)
         assert torch.isfinite(grad).all() and grad.abs().sum() > 0
         cos = torch.nn.functional.cosine_similarity(grad.float(), ref_grad, dim=0)
         assert cos > 0.1, (float(cos), channels_last)  # random init, 18 bf16 layers, batch 2: correlated
-    paper, grad = _loss_and_grad(_small_model(), data, torch.bfloat16, True)
+    paper, grad = loss_and_grad(small_model(), data, torch.bfloat16, True)
     assert all(torch.isfinite(paper[k]) for k in ("loss", "loss_moco", "loss_cycle"))
     assert torch.isfinite(grad).all()
 

@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import REPO
 from PIL import Image
 
 import data
 from data import download as dl
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)

@@ -16,13 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from helpers import spair_pairs, write_small_willow, write_spair
+from helpers import REPO, spair_pairs, write_small_willow, write_spair
 from torch import nn
 
 from configs.runtime import run_cli
 from validation_and_test.test import main
 
-REPO = Path(__file__).resolve().parents[1]
 FAST = ["--weights", "random", "--backbone", "resnet18", "--hyperpixel", "2,3", "--device", "cpu"]
 
 

@@ -14,6 +14,7 @@ from validation_and_test.evaluate import Matcher, MatchSettings, evaluate
 from validation_and_test.pair_streams import ConcurrentMatcher
 
 IDS = (2, 4, 6)
+SETTINGS = MatchSettings(long_side=160)  # the look-alike images are small: no upscaling to 300 px
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +34,10 @@ def _predictions(matcher, dataset) -> list[torch.Tensor]:
 
 def test_concurrent_and_cuda_style_paths_equal_todays_pipeline(backbone, monkeypatch):
     ds = LookalikePairs(3, size=(100, 132), n_kps=6)  # 6 pairs, each image in 4
-    plain = Matcher(backbone, MatchSettings(), "cpu")
+    plain = Matcher(backbone, SETTINGS, "cpu")
     want = _predictions(plain, ds)
     monkeypatch.setattr(rhm, "CUDA_PATHS_ON_CPU", True)
-    fast = ConcurrentMatcher(backbone, MatchSettings(), "cpu", concurrent=True)
+    fast = ConcurrentMatcher(backbone, SETTINGS, "cpu", concurrent=True)
     got = _predictions(fast, ds)
     assert len(got) == len(want) == 6
     for a, b in zip(want, got):
@@ -48,18 +49,18 @@ def test_concurrent_matcher_without_names_and_with_loader_workers(backbone):
     ds = LookalikePairs(2, size=(96, 128), n_kps=4)
     sample = ds[0]
     unnamed = {k: v for k, v in sample.items() if k not in ("src_name", "trg_name")}
-    want = Matcher(backbone, MatchSettings(), "cpu").predict_pair(unnamed, IDS)
-    got = ConcurrentMatcher(backbone, MatchSettings(), "cpu", concurrent=True).predict_pair(unnamed, IDS)
+    want = Matcher(backbone, SETTINGS, "cpu").predict_pair(unnamed, IDS)
+    got = ConcurrentMatcher(backbone, SETTINGS, "cpu", concurrent=True).predict_pair(unnamed, IDS)
     assert torch.equal(want.pred, got.pred) and want.n_uncovered == got.n_uncovered
-    res0 = evaluate(ConcurrentMatcher(backbone, MatchSettings(), "cpu", concurrent=True), ds, IDS)
-    res2 = evaluate(ConcurrentMatcher(backbone, MatchSettings(), "cpu", concurrent=True), ds, IDS,
+    res0 = evaluate(ConcurrentMatcher(backbone, SETTINGS, "cpu", concurrent=True), ds, IDS)
+    res2 = evaluate(ConcurrentMatcher(backbone, SETTINGS, "cpu", concurrent=True), ds, IDS,
                     num_workers=2)
     assert res0.rows == res2.rows and res0.n_pairs == 2
 
 
 def test_concurrent_matcher_reraises_errors_from_its_threads(backbone, monkeypatch):
     ds = LookalikePairs(2, size=(96, 128), n_kps=4)
-    m = ConcurrentMatcher(backbone, MatchSettings(), "cpu", concurrent=True)
+    m = ConcurrentMatcher(backbone, SETTINGS, "cpu", concurrent=True)
 
     def boom(*a, **k):
         raise RuntimeError("backbone failed")
@@ -76,7 +77,7 @@ def test_real_pairs_identical_with_forced_cuda_paths(backbone, realdata_root, mo
 
     for name, exp2, n in (("spair", 1.0, 1), ("pfwillow", 0.5, 1)):
         ds = build_dataset(name, realdata_root, "test")
-        settings = MatchSettings(exp2=exp2)
+        settings = MatchSettings(exp2=exp2, long_side=160)
         monkeypatch.setattr(rhm, "CUDA_PATHS_ON_CPU", False)
         want = [Matcher(backbone, settings, "cpu").predict_pair(ds[i], IDS).pred for i in range(n)]
         monkeypatch.setattr(rhm, "CUDA_PATHS_ON_CPU", True)

@@ -8,13 +8,11 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from configs.runtime import UserError, atomic_write_text, check_writable_dir, claim_output_dir, run_cli
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("err, needle", [
