@@ -26,6 +26,7 @@ from configs.runtime import (
     atomic_write_text,
     barrier,
     check_writable_dir,
+    gather_objects,
     unique_suffix,
 )
 from configs.validate import at_least, check_finite, check_non_negative, check_positive
@@ -213,16 +214,9 @@ def prepare_run_folder(out_dir: Path, resume: str | None, overwrite: bool, keep_
 
 def open_run_folder(out_dir: Path, resume: str | None, overwrite: bool, keep_last: int, info: DistInfo,
                     log: logging.Logger) -> RunFolder:
-    """Every process: the same read-only checks; the main process prepares the folder; then the other
-    processes find the same checkpoint (the main process has already reconciled and pruned)."""
+    """Every process: the same read-only checks; the main process prepares the folder and chooses the
+    checkpoint; every process then receives the main process's choice (no second search)."""
     check_run_folder(out_dir, resume, overwrite)
     barrier(info)  # every process checks the folder as it was, before the main process changes it
     folder = prepare_run_folder(out_dir, resume, overwrite, keep_last, log) if info.is_main else None
-    barrier(info)
-    if folder is not None:
-        return folder
-    run_id = read_run_id(out_dir)
-    if resume == "auto":
-        found = newest_valid_checkpoint(out_dir / "checkpoints", run_id, log)
-        return RunFolder(out_dir, run_id or "", found[0] if found else None)
-    return RunFolder(out_dir, run_id or "", find_resume_checkpoint(resume, out_dir))
+    return gather_objects(folder, info)[0]  # a collective: the others wait for the main process here
