@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 
 import pytest
@@ -18,14 +19,15 @@ from models.moco import MoCoConfig
 from models.weights import load_resnet
 from training.checkpoint import (
     build_checkpoint,
-    find_resume_checkpoint,
     init_from_checkpoint,
     restore_training_state,
+    resume_file,
     save_checkpoint,
     step_checkpoints,
 )
 from training.config import load_train_config
 from training.metrics import METRIC_FIELDS, read_metrics
+from training.run_dir import newest_valid_checkpoint
 from training.samplers import ImageStreamSampler, MixedBatchSampler, PairStreamSampler
 from training.schedule import cosine_schedule, step_schedule
 
@@ -114,14 +116,16 @@ def test_checkpoint_weights_only_keep_last_and_resume_auto(tmp_path):
         assert ckpt["config"] == cfg
         parts = {k.split(".")[1] for k in ckpt["state_dict"]}
         assert parts == {"encoder_q", "encoder_k", "queue", "queue_ptr"}
-    assert find_resume_checkpoint("auto", tmp_path.parent / "nothing") is None
+    log = logging.getLogger("test")
+    assert newest_valid_checkpoint(tmp_path.parent / "nothing", None, log) is None
     run = tmp_path.parent
     (run / "checkpoints").mkdir(exist_ok=True)
     for f in tmp_path.iterdir():
         (run / "checkpoints" / f.name).write_bytes(f.read_bytes())
-    assert find_resume_checkpoint("auto", run).name == "step_0000008.pth"
+    ckpt_dir = run / "checkpoints"
+    assert newest_valid_checkpoint(ckpt_dir, None, log) == (ckpt_dir / "step_0000008.pth", 8)
     with pytest.raises(UserError, match="no such checkpoint"):
-        find_resume_checkpoint(str(run / "missing.pth"), run)
+        resume_file(str(run / "missing.pth"))
 
     fresh = tiny_model(seed=1)
     opt2 = torch.optim.SGD([p for p in fresh.parameters() if p.requires_grad], lr=0.1, momentum=0.9)

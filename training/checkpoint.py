@@ -27,6 +27,7 @@ from models.weights import OURS_FORMAT, check_finite_weights, encoder_state_dict
 
 FORMAT = OURS_FORMAT  # "contrastive-correspondence/v1"
 STEP_FILE = re.compile(r"^step_(\d{7,})\.pth$")
+LAST = "last.pth"  # a copy of the newest step file
 PREFIX = "module."
 
 
@@ -60,10 +61,15 @@ def save_checkpoint(ckpt: dict[str, Any], ckpt_dir: str | Path, keep_last: int) 
     path = ckpt_dir / f"step_{int(ckpt['step']):07d}.pth"
     check_finite_weights(ckpt["state_dict"], f"refusing to save {path}")  # never write diverged weights
     atomic_torch_save(ckpt, path)
-    atomic_torch_save(ckpt, ckpt_dir / "last.pth")
+    atomic_torch_save(ckpt, ckpt_dir / LAST)
+    prune_step_files(ckpt_dir, keep_last)
+    return path
+
+
+def prune_step_files(ckpt_dir: str | Path, keep_last: int) -> None:
+    """Keep only the `keep_last` highest-step `step_*.pth` files."""
     for old in step_checkpoints(ckpt_dir)[:-keep_last]:
         old.unlink(missing_ok=True)
-    return path
 
 
 def step_checkpoints(ckpt_dir: str | Path) -> list[Path]:
@@ -75,20 +81,9 @@ def step_checkpoints(ckpt_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def find_resume_checkpoint(resume: str | None, output_dir: str | Path) -> Path | None:
-    """None/"" -> None; "auto" -> newest checkpoint in `output_dir/checkpoints` (None if none); else the path.
-
-    The newest is the highest-numbered `step_*.pth` (written before `last.pth`), else `last.pth`.
-    """
-    if not resume:
-        return None
-    if resume == "auto":
-        ckpt_dir = Path(output_dir) / "checkpoints"
-        steps = step_checkpoints(ckpt_dir)
-        if steps:
-            return steps[-1]
-        last = ckpt_dir / "last.pth"
-        return last if last.is_file() else None
+def resume_file(resume: str) -> Path:
+    """The checkpoint file of an explicit `--resume PATH` (`--resume auto` is the run folder's choice:
+    `training.run_dir.newest_valid_checkpoint`)."""
     path = Path(resume)
     if not path.is_file():
         raise UserError(f"--resume {resume}: no such checkpoint file (use --resume auto or a .pth path)")

@@ -31,10 +31,9 @@ from configs.runtime import (
 )
 from configs.validate import at_least, check_finite, check_non_negative, check_positive
 from models.weights import check_finite_weights, read_checkpoint
-from training.checkpoint import FORMAT, STEP_FILE, find_resume_checkpoint, step_checkpoints
+from training.checkpoint import FORMAT, LAST, STEP_FILE, prune_step_files, resume_file, step_checkpoints
 
 RUN_ID_FILE = "run_id"
-LAST = "last.pth"
 
 
 @dataclass(frozen=True)
@@ -172,12 +171,6 @@ def set_aside_newer(ckpt_dir: Path, step: int, log: logging.Logger) -> None:
             log.warning("%s is not a valid checkpoint of this run: renamed to %s.invalid", path, path.name)
 
 
-def prune_step_files(ckpt_dir: Path, keep_last: int) -> None:
-    """Keep only the `keep_last` highest-step `step_*.pth` files."""
-    for old in step_checkpoints(ckpt_dir)[:-keep_last]:
-        old.unlink(missing_ok=True)
-
-
 # ------------------------------------------------------------------------------------------ entry
 def prepare_run_folder(out_dir: Path, resume: str | None, overwrite: bool, keep_last: int,
                        log: logging.Logger) -> RunFolder:
@@ -200,7 +193,7 @@ def prepare_run_folder(out_dir: Path, resume: str | None, overwrite: bool, keep_
             reconcile_last(ckpt_dir, resume_path, log)
             prune_step_files(ckpt_dir, keep_last)
     elif resume:
-        resume_path = find_resume_checkpoint(resume, out_dir)
+        resume_path = resume_file(resume)
         ckpt = read_checkpoint(resume_path)
         if (problem := checkpoint_problem(ckpt, None, resume_path)) is not None:
             raise UserError(f"--resume {resume_path}: {problem}; to start from pretrained weights use "
