@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from configs.schema import load_config
+from configs.validate import at_least, check_finite, check_non_negative, check_positive
 from models.cycle import CycleConfig
 from models.moco import MoCoConfig
 
@@ -126,5 +127,32 @@ class TrainConfig:
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """YAML preset (with `_base_` inheritance) + dotted overrides -> TrainConfig (UserError on bad keys)."""
-    return load_config(TrainConfig, path, list(overrides))
+    """YAML preset (with `_base_` inheritance) + dotted overrides -> TrainConfig (UserError on bad keys and
+    on values that cannot be right: `check_train_settings`)."""
+    cfg = load_config(TrainConfig, path, list(overrides))
+    check_train_settings(cfg, overrides, str(path) if path else "")
+    return cfg
+
+
+def check_train_settings(cfg: TrainConfig, overrides: list[str] | tuple[str, ...] = (),
+                         preset: str = "") -> None:
+    """Refuse numbers that cannot be right before any work: NaN/inf or negative rates, no steps, ..."""
+    given = {item.partition("=")[0] for item in overrides}
+    rules = {"optim.lr": check_non_negative, "optim.final_lr": check_non_negative,
+             "optim.momentum": check_non_negative, "optim.weight_decay": check_non_negative,
+             "optim.gamma": check_positive, "optim.warmup_epochs": check_non_negative,
+             "optim.clip_grad_norm": check_positive, "max_steps": at_least(1), "num_workers": at_least(0),
+             "steps_per_epoch": at_least(1), "image_data.image_size": at_least(16),
+             "pixel_data.image_size": at_least(16), "moco.temperature": check_positive,
+             "moco.momentum": check_finite}
+    for key, rule in rules.items():
+        value = _dotted(cfg, key)
+        if value is not None:
+            rule(key, value, "command line" if key in given else preset or "config")
+
+
+def _dotted(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part, None)
+    return cfg
+

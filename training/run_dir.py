@@ -29,7 +29,6 @@ from configs.runtime import (
     gather_objects,
     unique_suffix,
 )
-from configs.validate import at_least, check_finite, check_non_negative, check_positive
 from models.weights import check_finite_weights, read_checkpoint
 from training.checkpoint import FORMAT, LAST, STEP_FILE, prune_step_files, resume_file, step_checkpoints
 
@@ -43,29 +42,6 @@ class RunFolder:
     out_dir: Path
     run_id: str
     resume_path: Path | None
-
-
-# ----------------------------------------------------------------------------------------- settings
-def check_train_settings(cfg: Any, overrides: list[str] | tuple[str, ...] = (), preset: str = "") -> None:
-    """Refuse numbers that cannot be right before any work: NaN/inf or negative rates, no steps, ..."""
-    given = {item.partition("=")[0] for item in overrides}
-    rules = {"optim.lr": check_non_negative, "optim.final_lr": check_non_negative,
-             "optim.momentum": check_non_negative, "optim.weight_decay": check_non_negative,
-             "optim.gamma": check_positive, "optim.warmup_epochs": check_non_negative,
-             "optim.clip_grad_norm": check_positive, "max_steps": at_least(1), "num_workers": at_least(0),
-             "steps_per_epoch": at_least(1), "image_data.image_size": at_least(16),
-             "pixel_data.image_size": at_least(16), "moco.temperature": check_positive,
-             "moco.momentum": check_finite}
-    for key, rule in rules.items():
-        value = _dotted(cfg, key)
-        if value is not None:
-            rule(key, value, "command line" if key in given else preset or "config")
-
-
-def _dotted(cfg: Any, key: str) -> Any:
-    for part in key.split("."):
-        cfg = getattr(cfg, part, None)
-    return cfg
 
 
 # ------------------------------------------------------------------------------------------ folder

@@ -33,11 +33,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_intermixed_args(argv)  # overrides may come before or after flags
     from training.config import load_train_config
-    from training.run_dir import check_train_settings
     from training.trainer import train
 
     cfg = load_train_config(args.config, args.overrides)
-    check_train_settings(cfg, args.overrides, args.config)
     summary = train(cfg, args.output_dir, resume=args.resume, device=args.device, preset=args.config,
                     overwrite=args.overwrite)
     metrics = summary["last_metrics"]
