@@ -84,6 +84,17 @@ TRAIN_CASES: dict[str, tuple[Argv, str]] = {
     "weight_decay_negative": (_train("optim.weight_decay=-1"), "optim.weight_decay"),
     "gamma_zero": (_train("optim.gamma=0"), "optim.gamma"),
     "clip_zero": (_train("optim.clip_grad_norm=0"), "optim.clip_grad_norm"),
+    "clip_per_term_negative": (_train("optim.clip_grad_norm_per_term=-1"), "optim.clip_grad_norm_per_term=-1"),
+    "clip_per_term_zero": (_train("optim.clip_grad_norm_per_term=0"), "optim.clip_grad_norm_per_term=0"),
+    "clip_per_term_nan": (_train("optim.clip_grad_norm_per_term=.nan"), "optim.clip_grad_norm_per_term"),
+    "centre_loss_weight_inf": (_train("cycle.centre_loss_weight=.inf"), "'cycle.centre_loss_weight' must be "
+                                                                         "a finite number"),
+    "centre_loss_weight_nan": (_train("cycle.centre_loss_weight=.nan"), "cycle.centre_loss_weight"),
+    "cycle_jitter_nan": (_train("cycle.crop_jitter=.nan"), "cycle.crop_jitter"),
+    "cycle_loss_weight_negative": (_train("cycle.loss_weight=-1"), "cycle.loss_weight"),
+    "moco_loss_weight_nan_in_preset": (lambda t: ["--config", str(_file(t, "c.yaml", "_base_: " + str(
+        REPO / "configs/demo.yaml") + "\nmoco:\n  loss_weight: .nan\n")), "--device", "cpu", "--output-dir",
+        str(t / "r")], "c.yaml: config key 'moco.loss_weight' must be a finite number"),
     "final_lr_negative": (_train("optim.final_lr=-1"), "optim.final_lr"),
     "warmup_inf": (_train("optim.warmup_epochs=.inf"), "optim.warmup_epochs"),
     "steps_per_epoch_zero": (_train("steps_per_epoch=0"), "steps_per_epoch"),
