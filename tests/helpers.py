@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import fcntl
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,16 @@ from training.config import load_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}  # for subprocesses run from REPO
+
+
+def hold_lock(folder: Path) -> int:
+    """Hold `folder/.lock` as another run would (an flock on a separate open file, which conflicts with the
+    code's own even in this process); close the returned descriptor to let go."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, f"{os.getppid()} {socket.gethostname()}\n".encode())
+    return fd
 
 
 def original_cycle_config(**changes: Any) -> CycleConfig:

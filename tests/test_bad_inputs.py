@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ENV, REPO
+from helpers import ENV, REPO, hold_lock
 
 from configs.runtime import run_cli
 
@@ -51,7 +50,7 @@ def _complete_result(tmp: Path) -> str:
 
 
 def _locked(tmp: Path) -> str:
-    _file(tmp, "busy/.lock", f"{os.getppid()}\n")  # a live process (the test runner's parent)
+    hold_lock(tmp / "busy")  # as a live run would; let go when the test process ends
     return str(tmp / "busy")
 
 
@@ -84,7 +83,8 @@ TRAIN_CASES: dict[str, tuple[Argv, str]] = {
     "weight_decay_negative": (_train("optim.weight_decay=-1"), "optim.weight_decay"),
     "gamma_zero": (_train("optim.gamma=0"), "optim.gamma"),
     "clip_zero": (_train("optim.clip_grad_norm=0"), "optim.clip_grad_norm"),
-    "clip_per_term_negative": (_train("optim.clip_grad_norm_per_term=-1"), "optim.clip_grad_norm_per_term=-1"),
+    "clip_per_term_negative": (_train("optim.clip_grad_norm_per_term=-1"),
+                               "optim.clip_grad_norm_per_term=-1"),
     "clip_per_term_zero": (_train("optim.clip_grad_norm_per_term=0"), "optim.clip_grad_norm_per_term=0"),
     "clip_per_term_nan": (_train("optim.clip_grad_norm_per_term=.nan"), "optim.clip_grad_norm_per_term"),
     "centre_loss_weight_inf": (_train("cycle.centre_loss_weight=.inf"), "'cycle.centre_loss_weight' must be "

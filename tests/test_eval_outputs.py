@@ -8,11 +8,14 @@ import errno
 import json
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision
+from helpers import ENV, REPO
 
 from configs import runtime
 from configs.runtime import run_cli
@@ -114,8 +117,9 @@ def test_strict_json_writer_turns_non_finite_numbers_into_null(tmp_path):
 
 
 def test_failed_evaluation_leaves_no_empty_folder_it_created(tmp_path):
-    out = tmp_path / "new"
-    runtime.claim_output_dir(out)
-    assert (out / ".lock").is_file()
-    runtime._release(out / ".lock", created=True)
-    assert not out.exists()
+    code = ("import sys; from configs.runtime import claim_output_dir; claim_output_dir(sys.argv[1]); "
+            "sys.exit(2)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "new")], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert not (tmp_path / "new").exists()

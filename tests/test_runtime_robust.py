@@ -10,9 +10,17 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO
+from helpers import REPO, hold_lock
 
-from configs.runtime import UserError, atomic_write_text, check_writable_dir, claim_output_dir, run_cli
+from configs import runtime
+from configs.runtime import (
+    UserError,
+    atomic_write_text,
+    check_writable_dir,
+    claim_output_dir,
+    release_output_dir,
+    run_cli,
+)
 
 
 @pytest.mark.parametrize("err, needle", [
@@ -60,11 +68,32 @@ def test_writable_dir_checks(tmp_path):
 
 
 def test_claim_refuses_a_folder_in_use(tmp_path):
-    (tmp_path / ".lock").write_text(f"{os.getppid()}\n")
-    with pytest.raises(UserError, match="in use"):
+    fd = hold_lock(tmp_path)
+    holder = f"pid {os.getppid()} on {socket.gethostname()}"
+    with pytest.raises(UserError, match=f"in use by another run \\({holder} holds"):
         claim_output_dir(tmp_path)
-    (tmp_path / ".lock").write_text("999999999\n")  # a process that no longer exists: stale
+    os.close(fd)  # the holder is gone: its .lock file is left behind, stale
     assert claim_output_dir(tmp_path) == tmp_path
+    assert (tmp_path / ".lock").read_text().split()[0] == str(os.getpid())
+    release_output_dir(tmp_path)
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_without_flock_the_holder_is_judged_by_pid_and_host(tmp_path, monkeypatch):
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(runtime.fcntl, "flock", no_flock)
+    here = socket.gethostname()
+    for holder, in_use in ((f"{os.getppid()} {here}", True), (f"999999999 {here}", False),
+                           (f"{os.getpid()} elsewhere-{here}", True)):
+        (tmp_path / ".lock").write_text(holder + "\n")
+        if in_use:
+            with pytest.raises(UserError, match="in use"):
+                claim_output_dir(tmp_path)
+        else:
+            assert claim_output_dir(tmp_path) == tmp_path
+            release_output_dir(tmp_path)
 
 
 TWO_RANKS = """
