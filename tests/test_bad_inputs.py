@@ -44,8 +44,8 @@ def _non_empty(tmp: Path) -> str:
     return str(tmp / "run")
 
 
-def _complete_result(tmp: Path) -> str:
-    _file(tmp, "done/results.json", json.dumps({"complete": True}))
+def _complete_result(tmp: Path, marker: str = "results.json") -> str:
+    _file(tmp, f"done/{marker}", json.dumps({"complete": True}))
     return str(tmp / "done")
 
 
@@ -200,6 +200,11 @@ SEARCH_CASES: dict[str, tuple[Argv, str]] = {
     "patch_zero": (_search("--patch", "0"), "patch"),
     "max_pairs_zero": (_search("--max-pairs", "0"), "max_pairs"),
     "output_dir_is_a_file": (lambda t: [*_search()(t), "--output-dir", str(_file(t, "f", "x"))], "is a file"),
+    "output_dir_complete": (lambda t: [*_search()(t), "--output-dir", _complete_result(t, "search.json")],
+                            "holds a complete search.json; choose another folder or pass --overwrite"),
+    "output_dir_complete_overwrite": (lambda t: [*_search()(t), "--output-dir", _complete_result(
+        t, "search.json"), "--overwrite"], "no-data"),  # past the claim: the next refusal is the data's
+    "output_dir_locked": (lambda t: [*_search()(t), "--output-dir", _locked(t)], "in use by another run"),
     "preset_long_side_zero": (lambda t: [*_search()(t), "--config", _yaml(t, {"long_side": 0})], "long_side"),
 }
 

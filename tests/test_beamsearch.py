@@ -226,6 +226,7 @@ def pck_search(tmp_path_factory, tiny_config):
         assert main([*COMMON, "--config", tiny_config, "--output-dir", str(out), "--progress"]) == 0
     doc = json.loads((out / "search.json").read_text())
     doc["_printed"] = printed.getvalue()
+    doc["_files"] = sorted(p.name for p in out.iterdir())
     return doc
 
 
@@ -245,6 +246,7 @@ def test_pck_search_json_and_table(pck_search):
     table = doc["_printed"]
     assert "depth 1: 2 candidate(s)" in table and "depth 2:" in table
     assert f"{doc['best']['score']:.4f}" in table and "test.py" in table
+    assert doc["_files"] == ["search.json"]  # its lock is gone once the search is complete
 
 
 def test_pck_score_equals_an_independent_test_py_run(pck_search, tmp_path):
