@@ -290,13 +290,19 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def file_digest(path: str | os.PathLike, algo: str = "sha256") -> str:
-    """Hex digest (`hashlib` algorithm name) of a file, read in 4 MiB chunks."""
-    h = hashlib.new(algo)
+def file_digests(path: str | os.PathLike, algos: Sequence[str] = ("sha256", "md5")) -> dict[str, str]:
+    """Hex digests ({`hashlib` algorithm name: digest}) of a file, all from one read in 4 MiB chunks."""
+    hashes = {algo: hashlib.new(algo) for algo in algos}
     with open(path, "rb") as fh:
         while block := fh.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
+            for h in hashes.values():
+                h.update(block)
+    return {algo: h.hexdigest() for algo, h in hashes.items()}
+
+
+def file_digest(path: str | os.PathLike, algo: str = "sha256") -> str:
+    """Hex digest (`hashlib` algorithm name) of a file."""
+    return file_digests(path, (algo,))[algo]
 
 
 # --------------------------------------------------------------------------------- output folders

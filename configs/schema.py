@@ -198,8 +198,8 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):
-                raise UserError(f"{source}: config key '{key}' must be a finite number, got {value!r} (NaN and "
-                                f"infinity are refused)")
+                raise UserError(f"{source}: config key '{key}' must be a finite number, got {value!r} "
+                                f"(NaN and infinity are refused)")
             return float(value)
         raise bad
     if tp is int:

@@ -227,6 +227,11 @@ DOWNLOAD_CASES: dict[str, tuple[Argv, str]] = {
                               "unreadable"),
     "manifest_not_utf8": (lambda t: ["pretrained", "--manifest", _manifest(t, b"targets: \xff\n")],
                           "unreadable"),
+    "manifest_file_escapes_out": (
+        lambda t: ["pretrained", "--out", str(t / "out"), "--manifest", _manifest(
+            t, {"targets": {"moco": {"file": "../../x.pth", "candidates": ["c"]}},
+                "checkpoints": {"c": {"url": "http://127.0.0.1:9/x"}}})],
+        "has file '../../x.pth'; it must be a plain file name"),
     "out_is_a_file": (lambda t: ["pretrained", "--out", str(_file(t, "f", "x"))], "--out"),
     "root_is_a_file": (lambda t: ["datasets", "--root", str(_file(t, "f", "x"))], "--root"),
     "root_in_proc": (lambda t: ["datasets", "--root", "/proc/cc-no-such/data"], "--root"),
