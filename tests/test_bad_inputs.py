@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ENV, REPO, hold_lock
+from helpers import ENV, REPO, assert_one_line_error, hold_lock
 
 from configs.runtime import run_cli
 
@@ -309,14 +309,6 @@ CASES = [pytest.param(cli, argv, needle, id=f"{cli}-{name}")
          for cli, table in (("train", TRAIN_CASES), ("eval", EVAL_CASES), ("search", SEARCH_CASES),
                             ("download", DOWNLOAD_CASES), ("match", MATCH_CASES))
          for name, (argv, needle) in table.items()]
-
-
-def assert_one_line_error(code: int | None, err: str, needle: str) -> None:
-    lines = err.strip().splitlines()
-    assert code not in (0, None), err
-    assert "Traceback" not in err, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert needle in lines[0], lines[0]
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ import shlex
 
 import pytest
 import torch
-from helpers import write_small_willow
+from helpers import assert_one_line_error, write_small_willow
 
 from configs.runtime import UserError
 from models.cycle import soft_argmax_walk
@@ -283,8 +283,7 @@ def test_cli_errors_are_one_line(capsys, tiny_config):
     with pytest.raises(SystemExit) as exc:
         run_cli(main, [*COMMON[:-4], "--bases", "0-20", "--config", tiny_config, "--output-dir", "/tmp/x"])
     assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "out of range" in err and "\n" not in err
+    assert_one_line_error(exc.value.code, capsys.readouterr().err, "out of range")
 
 
 @pytest.mark.parametrize("source", ["generated", "real"])

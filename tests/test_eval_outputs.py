@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -15,10 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from helpers import ENV, REPO
+from helpers import ENV, REPO, assert_one_line_error, run_eval_cli
 
 from configs import runtime
-from configs.runtime import run_cli
 from validation_and_test import test as eval_cli
 
 FAST = ["--weights", "random", "--backbone", "resnet18", "--hyperpixel", "2,3", "--device", "cpu"]
@@ -43,10 +41,8 @@ def self_pairs(tmp_path_factory) -> Path:
 
 
 def run(argv: list[str], capsys) -> tuple[int, str]:
-    logging.getLogger("eval").handlers.clear()
-    with pytest.raises(SystemExit) as done:
-        run_cli(eval_cli.main, argv)
-    return int(done.value.code), capsys.readouterr().err
+    code, _, err = run_eval_cli(argv, capsys)
+    return code, err
 
 
 def base(root: Path, out: Path) -> list[str]:
@@ -78,7 +74,8 @@ def test_complete_strict_results_written_last_and_umask(self_pairs, tmp_path, ca
     assert (out / "results.json").stat().st_mtime_ns >= (out / "config.yaml").stat().st_mtime_ns
 
     code, err = run(base(self_pairs, out), capsys)  # a second evaluation into the same folder
-    assert code == 2 and "already holds a complete results.json" in err and len(err.strip().splitlines()) == 1
+    assert code == 2
+    assert_one_line_error(code, err, "already holds a complete results.json")
     code, err = run([*base(self_pairs, out), "--overwrite"], capsys)
     assert code == 0, err
 
@@ -106,8 +103,8 @@ def test_non_finite_weights_are_named(self_pairs, tmp_path, capsys):
     torch.save(sd, path)
     args = [a if a != "random" else str(path) for a in base(self_pairs, tmp_path / "out")]
     code, err = run(args, capsys)
-    assert code == 2 and "diverged.pth: tensor layer1.0.conv1.weight holds NaN" in err
-    assert len(err.strip().splitlines()) == 1
+    assert code == 2
+    assert_one_line_error(code, err, "diverged.pth: tensor layer1.0.conv1.weight holds NaN")
 
 
 def test_strict_json_writer_turns_non_finite_numbers_into_null(tmp_path):
