@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO, hold_lock
+from helpers import REPO, assert_one_line_error, hold_lock
 
 from configs import runtime
 from configs.runtime import (
@@ -98,9 +98,12 @@ def test_without_flock_the_holder_is_judged_by_pid_and_host(tmp_path, monkeypatc
 
 TWO_RANKS = """
 import sys
-from configs.runtime import UserError, barrier, init_distributed, run_cli
+from configs.runtime import UserError, barrier, claim_output_dir, init_distributed, run_cli
 def main(argv):
     info = init_distributed("cpu")
+    if info.rank == 0:
+        claim_output_dir(sys.argv[1])  # as test.py's rank 0 does
+    barrier(info)  # both connected: rank 1 must not fail while rank 0 still sets up its connections
     if info.rank == 1:
         raise UserError("rank 1: annotation x.json is malformed")
     barrier(info)
@@ -116,11 +119,11 @@ def test_hand_started_two_process_run_where_one_rank_fails(tmp_path):
     for rank in (0, 1):
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
                "RANK": str(rank), "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-        procs.append(subprocess.Popen([sys.executable, "-c", TWO_RANKS], cwd=REPO, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(subprocess.Popen([sys.executable, "-c", TWO_RANKS, str(tmp_path / "out")], cwd=REPO,
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = [p.communicate(timeout=120) for p in procs]
     for proc, (_, err) in zip(procs, results):
-        lines = err.strip().splitlines()
-        assert proc.returncode != 0 and "Traceback" not in err and len(lines) == 1, err
+        assert_one_line_error(proc.returncode, err)
     assert "annotation x.json is malformed" in results[1][1]
     assert "another process failed" in results[0][1]
+    assert not (tmp_path / "out").exists()  # rank 0's lock (and the empty folder it created) are gone
