@@ -192,7 +192,6 @@ def prepare_run_folder(out_dir: Path, resume: str | None, overwrite: bool, keep_
         move_aside(out_dir, log)
     check_writable_dir(out_dir, "run folder")
     lock_folder(out_dir, "run folder")  # held until the run ends (trainer) or the process exits
-    remove_temp_files(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     run_id = read_run_id(out_dir) if resume else None
     resume_path: Path | None = None
@@ -215,6 +214,7 @@ def prepare_run_folder(out_dir: Path, resume: str | None, overwrite: bool, keep_
             raise UserError(f"--resume {resume_path}: {problem}; to start from pretrained weights use "
                             f"init.checkpoint=PATH instead")
         run_id = ckpt.get("run_id") or run_id
+    remove_temp_files(out_dir)
     if resume_path is None or run_id is None:
         run_id = run_id or secrets.token_hex(8)
         atomic_write_text(out_dir / RUN_ID_FILE, run_id + "\n")
