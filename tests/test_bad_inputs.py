@@ -54,6 +54,14 @@ def _locked(tmp: Path) -> str:
     return str(tmp / "busy")
 
 
+def _damaged_run(tmp: Path, run_id: bytes = b"abc123\n") -> str:
+    """A run folder whose only checkpoint is empty (a kill during the first write of a run killed before)."""
+    _file(tmp, "run/run_id", run_id)
+    _file(tmp, "run/metrics.jsonl", '{"step": 1}\n')
+    _file(tmp, "run/checkpoints/last.pth", b"")
+    return str(tmp / "run")
+
+
 def _untrusted_pickle(tmp: Path) -> str:
     import argparse
 
@@ -110,6 +118,10 @@ TRAIN_CASES: dict[str, tuple[Argv, str]] = {
     "run_folder_is_a_file": (_train(out=lambda t: str(_file(t, "f.txt", "x"))), "is a file"),
     "run_folder_holds_a_run": (_train(out=_non_empty), "already holds a run"),
     "resume_and_overwrite": (_train("--resume", "auto", "--overwrite"), "exclude each other"),
+    "resume_auto_empty_checkpoint": (_train("--resume", "auto", out=_damaged_run),
+                                     "no checkpoint of this run can be resumed"),
+    "resume_auto_binary_run_id": (_train("--resume", "auto", out=lambda t: _damaged_run(t, b"\xff\x00\xfe")),
+                                  "run_id is not a run id"),
     "resume_missing_file": (lambda t: [*_train()(t), "--resume", str(t / "none.pth")], "no such checkpoint"),
     "resume_garbage": (lambda t: [*_train()(t), "--resume", str(_file(t, "g.pth", b"garbage"))],
                        "cannot read checkpoint"),
