@@ -44,6 +44,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path} (give --weights imagenet, random or an existing file)")
+    if path.stat().st_size == 0:
+        raise UserError(f"cannot read checkpoint {path}: the file is empty (0 bytes; a cut-off write)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, zip errors, disallowed globals: all mean "not usable"

@@ -85,7 +85,7 @@ def test_resume_auto_takes_newest_valid_checkpoint_of_this_run(tmp_path, caplog)
     torch.save(tiny_checkpoint(12, "mine", poison=True), ckpt_dir / "step_0000012.pth")  # diverged
     torch.save(tiny_checkpoint(2, "mine"), ckpt_dir / "last.pth")  # stale last.pth
     (ckpt_dir / ".last.pth.abc123.tmp").write_bytes(b"half")  # a killed write
-    assert newest_valid_checkpoint(ckpt_dir, "mine", LOG).found == (ckpt_dir / "step_0000004.pth", 4)
+    assert newest_valid_checkpoint(ckpt_dir, "mine").found == (ckpt_dir / "step_0000004.pth", 4)
 
     folder = prepare_run_folder(tmp_path, "auto", False, keep_last=2, log=LOG)
     release_output_dir(tmp_path)
@@ -111,7 +111,7 @@ def test_corrupt_step_file_beside_a_good_last_is_set_aside(tmp_path):
 
 
 @pytest.mark.parametrize("damage, needle", [
-    ("empty", "last.pth with weights_only=True"),
+    ("empty", "last.pth: the file is empty"),
     ("truncated", "last.pth with weights_only=True"),
     ("other_run", "belongs to another run (theirs)"),
 ])

@@ -133,7 +133,7 @@ class CheckpointSearch:
     rejected: dict[Path, str]  # file -> why it cannot be resumed from
 
 
-def newest_valid_checkpoint(ckpt_dir: Path, run_id: str | None, log: logging.Logger) -> CheckpointSearch:
+def newest_valid_checkpoint(ckpt_dir: Path, run_id: str | None) -> CheckpointSearch:
     """The newest valid checkpoint of this run among `last.pth` and `step_*.pth` (step files are read newest
     first, up to the first valid one)."""
     best: tuple[Path, int] | None = None
@@ -143,7 +143,6 @@ def newest_valid_checkpoint(ckpt_dir: Path, run_id: str | None, log: logging.Log
             continue
         ckpt, problem = load_problem(path, run_id)
         if ckpt is None:
-            log.warning("ignoring %s", problem)
             rejected[path] = problem
             continue
         if best is None or int(ckpt["step"]) >= best[1]:
@@ -196,9 +195,11 @@ def prepare_run_folder(out_dir: Path, resume: str | None, overwrite: bool, keep_
     run_id = read_run_id(out_dir) if resume else None
     resume_path: Path | None = None
     if resume == "auto":
-        search = newest_valid_checkpoint(ckpt_dir, run_id, log)
+        search = newest_valid_checkpoint(ckpt_dir, run_id)
         if search.found is None and search.rejected:
             raise nothing_to_resume(out_dir, search.rejected)
+        for problem in search.rejected.values():
+            log.warning("ignoring %s", problem)
         if search.found is None:
             log.info("--resume auto: no checkpoint file in %s, starting a fresh run", ckpt_dir)
         else:
