@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -14,9 +15,12 @@ import os
 import platform
 import random
 import secrets
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -56,7 +60,9 @@ def _one_line(text: str) -> str:
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
     """Run `main(argv)`; turn `UserError` (and disk-full or permission errors) into one line on stderr
-    and exit status 2."""
+    and exit status 2. SIGTERM (torchrun stopping the other processes when one fails) exits through Python,
+    so that exit handlers run and folder locks are removed."""
+    previous = _exit_on_sigterm()
     try:
         code = main(argv)
     except UserError as err:
@@ -79,7 +85,22 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         sys.exit(130)
     finally:
         cleanup_distributed()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     sys.exit(int(code or 0))
+
+
+def _exit_on_sigterm() -> Any:
+    """SIGTERM raises SystemExit(143) (main thread, default handler only); returns the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 # ----------------------------------------------------------------------------------------- device
@@ -269,13 +290,19 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def file_digest(path: str | os.PathLike, algo: str = "sha256") -> str:
-    """Hex digest (`hashlib` algorithm name) of a file, read in 4 MiB chunks."""
-    h = hashlib.new(algo)
+def file_digests(path: str | os.PathLike, algos: Sequence[str] = ("sha256", "md5")) -> dict[str, str]:
+    """Hex digests ({`hashlib` algorithm name: digest}) of a file, all from one read in 4 MiB chunks."""
+    hashes = {algo: hashlib.new(algo) for algo in algos}
     with open(path, "rb") as fh:
         while block := fh.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
+            for h in hashes.values():
+                h.update(block)
+    return {algo: h.hexdigest() for algo, h in hashes.items()}
+
+
+def file_digest(path: str | os.PathLike, algo: str = "sha256") -> str:
+    """Hex digest (`hashlib` algorithm name) of a file."""
+    return file_digests(path, (algo,))[algo]
 
 
 # --------------------------------------------------------------------------------- output folders
@@ -310,49 +337,81 @@ def holds_complete_result(path: str | os.PathLike, marker: str = "results.json")
         return False
 
 
-def claim_output_dir(path: str | os.PathLike, overwrite: bool = False, what: str = "--output-dir",
-                     marker: str = "results.json") -> Path:
-    """Check an evaluation folder before the work: writable, not holding a complete result (unless
-    `overwrite`), and not in use by another run (a `.lock` file created exclusively; removed at exit)."""
-    created = not Path(path).exists()
-    path = check_writable_dir(path, what)
-    if holds_complete_result(path, marker) and not overwrite:
-        raise UserError(f"{what} {path} already holds a complete {marker}; choose another folder or pass "
-                        f"--overwrite")
-    lock = path / ".lock"
-    if _lock_holder_alive(lock):
-        raise UserError(f"{what} {path} is in use by another run ({lock} names a running process; delete it "
-                        f"if no run is writing there)")
-    lock.unlink(missing_ok=True)  # stale: its process is gone
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-    except FileExistsError:
-        raise UserError(f"{what} {path} is in use by another run (it took {lock} just now)") from None
-    os.write(fd, f"{os.getpid()}\n".encode())
-    os.close(fd)
-    atexit.register(_release, lock, created)
-    return path
+LOCK_FILE = ".lock"
 
 
-def release_output_dir(path: str | os.PathLike) -> None:
-    """The run's results are complete: remove its lock from the folder now."""
-    (Path(path) / ".lock").unlink(missing_ok=True)
+class FolderLock:
+    """`<folder>/.lock`, held while a run writes into the folder: an exclusive `flock` on an open descriptor.
 
+    The operating system drops the lock when the process ends, however it ends (kill -9, a failed torchrun
+    rank), so a `.lock` file left behind is stale and the next run takes it over; the file names its holder
+    (pid and host) for the message. Where the file system has no `flock`, the holder is judged by pid and
+    host instead (a process on another host counts as alive)."""
 
-def _release(lock: Path, created: bool) -> None:
-    """At exit: remove the lock, and the folder too when this run created it and wrote nothing there."""
-    lock.unlink(missing_ok=True)
-    if created:
+    def __init__(self, path: Path, what: str) -> None:
+        self.path, self.fd = path, None
+        for _ in range(5):  # its releasing holder may remove the file between our open and our lock
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise UserError(f"{what} {path.parent} is in use by another run ({self.holder()} holds "
+                                f"{path}); wait for it to finish or choose another folder") from None
+            except OSError:  # no flock on this file system
+                if _holder_alive(self.holder()):
+                    os.close(fd)
+                    raise UserError(f"{what} {path.parent} is in use by another run ({self.holder()} named "
+                                    f"in {path}; delete it if no run is writing there)") from None
+            self.fd = fd
+            if self.is_current():
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+                return
+            os.close(fd)
+            self.fd = None
+        raise UserError(f"{what} {path.parent}: could not take {path} (another run keeps replacing it)")
+
+    def holder(self) -> str:
+        """'pid N on host H', as the lock file names its holder."""
+        try:
+            pid, host = (self.path.read_text().split() + ["?", "?"])[:2]
+        except OSError:
+            return "another process"
+        return f"pid {pid} on {host}"
+
+    def is_current(self) -> bool:
+        """Whether our descriptor is still the file at `path` (not one removed or replaced meanwhile)."""
+        try:
+            return self.fd is not None and os.fstat(self.fd).st_ino == os.stat(self.path).st_ino
+        except OSError:
+            return False
+
+    def release(self, folder: str | os.PathLike | None = None) -> None:
+        """Remove the lock file (`folder/.lock` when the folder has been moved) and drop the lock."""
+        if self.fd is None:
+            return
+        path = Path(folder) / LOCK_FILE if folder is not None else self.path
         with contextlib.suppress(OSError):
-            lock.parent.rmdir()  # only succeeds when empty
+            if os.fstat(self.fd).st_ino == os.stat(path).st_ino:
+                path.unlink()
+        os.close(self.fd)
+        self.fd = None
+        if _HELD.get(self.path) is self:
+            del _HELD[self.path]
 
 
-def _lock_holder_alive(lock: Path) -> bool:
-    """Whether `lock` names another process that is still running."""
-    try:
-        pid = int(lock.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
+_HELD: dict[Path, FolderLock] = {}  # this process's locks, by lock path
+
+
+def _holder_alive(holder: str) -> bool:
+    """Without flock: whether 'pid N on host H' names a live process other than this one."""
+    parts = holder.split()
+    if len(parts) != 4 or not parts[1].isdigit():
         return False
+    pid, host = int(parts[1]), parts[3]
+    if host != socket.gethostname():
+        return True
     if pid == os.getpid():
         return False
     try:
@@ -362,6 +421,46 @@ def _lock_holder_alive(lock: Path) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def lock_folder(folder: str | os.PathLike, what: str = "--output-dir") -> FolderLock:
+    """Take `folder/.lock` (`FolderLock`): a one-line `UserError` while another live process holds it.
+    Released by `release_output_dir` or at exit; a process may take its own lock again."""
+    path = Path(folder) / LOCK_FILE
+    mine = _HELD.get(path)
+    if mine is not None and mine.is_current():
+        return mine
+    lock = _HELD[path] = FolderLock(path, what)
+    atexit.register(lock.release)
+    return lock
+
+
+def release_output_dir(folder: str | os.PathLike) -> None:
+    """This process has finished writing into `folder`: remove its lock now."""
+    lock = _HELD.get(Path(folder) / LOCK_FILE)
+    if lock is not None:
+        lock.release()
+
+
+def claim_output_dir(path: str | os.PathLike, overwrite: bool = False, what: str = "--output-dir",
+                     marker: str = "results.json") -> Path:
+    """Check an evaluation folder before the work: writable, not holding a complete result (unless
+    `overwrite`), and not in use by another run (`lock_folder`). A folder this run creates and leaves empty
+    is removed at exit."""
+    created = not Path(path).exists()
+    path = check_writable_dir(path, what)
+    if created:
+        atexit.register(_remove_if_empty, path)  # registered first: runs after the lock's release
+    if holds_complete_result(path, marker) and not overwrite:
+        raise UserError(f"{what} {path} already holds a complete {marker}; choose another folder or pass "
+                        f"--overwrite")
+    lock_folder(path, what)
+    return path
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only succeeds when empty
 
 
 # ---------------------------------------------------------------------------------- run metadata

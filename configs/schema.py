@@ -5,6 +5,7 @@
 Rules: an unknown key, a value of the wrong type or a missing required value is a one-line
 `UserError` naming the key (and the file). A preset may inherit another with `_base_: other.yaml`
 (path relative to the preset); the child's keys override the base's, recursively.
+Every float setting must be finite: NaN and infinity are refused for all of them.
 Supported field types: bool, int, float, str, Optional[T], Literal[...], list[T], tuple[T, ...],
 dict[str, T] and nested dataclasses.
 """
@@ -12,6 +13,7 @@ dict[str, T] and nested dataclasses.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -163,6 +165,8 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
                 return _coerce(arg, value, key, source)
             except UserError as err:
                 errors.append(err)
+        if len(errors) == 1:  # Optional[T]: T's own message (e.g. a NaN refused) says more
+            raise errors[0]
         raise bad
     if origin is typing.Literal:
         if value in args:
@@ -193,6 +197,9 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
         raise bad
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise UserError(f"{source}: config key '{key}' must be a finite number, got {value!r} "
+                                f"(NaN and infinity are refused)")
             return float(value)
         raise bad
     if tp is int:

@@ -24,7 +24,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -32,12 +32,14 @@ from typing import Any
 import yaml
 
 from configs import REPO_ROOT
-from configs.runtime import UserError, atomic_write_text, check_writable_dir, file_digest
+from configs.runtime import UserError, atomic_write_text, check_writable_dir, file_digests
 from data.pfwillow import PFWILLOW_CLASSES
 
 WILLOW = "http://www.di.ens.fr/willow/research"  # also tried over https first (`transport_candidates`)
 MAX_MEMBERS = 500_000  # members per archive (the benchmarks have at most ~140k files)
 GIB = 2**30
+MAX_RATIO = 100  # extracted bytes per archive byte (the benchmarks, JPEGs and annotations, are below 3)
+RATIO_FLOOR = 16 * 2**20  # archives extracting to less than this are never too compressed to accept
 
 
 @dataclass
@@ -100,20 +102,36 @@ def looks_like_html(path: str | Path) -> bool:
     return head.startswith(b"<!doctype html") or head.startswith(b"<html")
 
 
+def content_problem(path: Path, digests: Mapping[str, str], expected: Mapping[str, Any]) -> str | None:
+    """Why a downloaded file is not the one expected (None when it is): an HTML page, or a `size`,
+    `sha256` (prefix) or `md5_prefix` of `expected` (a manifest entry; absent or None: not checked) that
+    differs. `digests`: `file_digests(path)` (one read for every check and record)."""
+    if looks_like_html(path):
+        return "is an HTML page (an error, sign-in, quota or virus-scan page), not the file"
+    size = expected.get("size")
+    if size is not None and path.stat().st_size != int(size):
+        return f"has {path.stat().st_size} bytes, not the published {size}"
+    sha256 = str(expected.get("sha256") or "").lower()
+    if sha256 and not digests["sha256"].startswith(sha256):
+        return f"sha256 {digests['sha256'][:16]}... does not match the expected {sha256[:16]}..."
+    md5 = str(expected.get("md5_prefix") or "").lower()
+    if md5 and not digests["md5"].startswith(md5):
+        return f"md5 does not start with {md5}"
+    return None
+
+
 def verify_archive(path: str | Path, sha256: str | None = None, md5_prefix: str | None = None) -> str:
-    """Checksum when known (sha256, or an md5 prefix), and a readable tar/zip archive; returns "tar"|"zip"."""
+    """Checksum when known (sha256, or an md5 prefix), and a readable tar/zip archive; returns the file's
+    sha256 (hashed once, for the checks and the record)."""
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
         raise DownloadError(f"{path} is missing or empty (the download failed; try again)")
-    if looks_like_html(path):
-        raise DownloadError(f"{path} is an HTML page, not an archive (Google Drive quota or virus-scan "
-                            f"page); install gdown (pip install gdown) or download it in a browser")
-    if sha256 and not file_digest(path).startswith(sha256.lower()):
-        raise DownloadError(f"{path}: sha256 {file_digest(path)[:16]}... does not match the expected "
-                            f"{sha256[:16]}... (corrupt or changed download; delete it and retry)")
-    if md5_prefix and not file_digest(path, "md5").startswith(md5_prefix.lower()):
-        raise DownloadError(f"{path}: md5 does not start with {md5_prefix} (corrupt or changed download; "
-                            f"delete it and retry)")
+    digests = file_digests(path, ("sha256", "md5") if md5_prefix else ("sha256",))
+    problem = content_problem(path, digests, {"sha256": sha256, "md5_prefix": md5_prefix})
+    if problem:
+        hint = ("; install gdown (pip install gdown) or download it in a browser" if "HTML" in problem else
+                " (corrupt or changed download; delete it and retry)")
+        raise DownloadError(f"{path} {problem}{hint}")
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as zf:
@@ -122,14 +140,14 @@ def verify_archive(path: str | Path, sha256: str | None = None, md5_prefix: str 
             raise DownloadError(f"{path} is not a readable zip archive ({err}); delete it, retry") from None
         if bad is not None:
             raise DownloadError(f"{path}: zip member {bad} is corrupt; delete it and retry")
-        return "zip"
+        return digests["sha256"]
     try:
         with tarfile.open(path) as tf:
             for _ in tf:
                 pass
     except (tarfile.TarError, OSError, EOFError) as err:
         raise DownloadError(f"{path} is not a readable tar/zip archive ({err}); delete it, retry") from None
-    return "tar"
+    return digests["sha256"]
 
 
 def _check_member(name: str, archive: Path) -> PurePosixPath:
@@ -146,13 +164,19 @@ def _top(pure: PurePosixPath) -> str | None:
 
 
 def _check_totals(archive: Path, count: int, size: int, max_bytes: int, max_members: int) -> None:
-    """Refuse archive bombs: too many members, or more bytes than `max_bytes` once extracted."""
+    """Refuse archive bombs: too many members, more bytes than `max_bytes` once extracted, or (past
+    `RATIO_FLOOR`) more than `MAX_RATIO` extracted bytes per archive byte."""
     if count > max_members:
         raise DownloadError(f"{archive}: {count} members, more than the cap of {max_members}; "
                             f"archive rejected")
     if size > max_bytes:
         raise DownloadError(f"{archive}: would extract to {size / GIB:.2f} GiB, more than the cap of "
                             f"{max_bytes / GIB:.2f} GiB for this benchmark; archive rejected")
+    packed = max(archive.stat().st_size, 1)
+    if size > RATIO_FLOOR and size > MAX_RATIO * packed:
+        raise DownloadError(f"{archive}: {packed} bytes would extract to {size / 2**20:.0f} MiB, a "
+                            f"compression ratio of {size / packed:.0f} (more than {MAX_RATIO}: an archive "
+                            f"bomb, not benchmark data); archive rejected")
 
 
 def _zip_members(zf: zipfile.ZipFile, archive: Path) -> tuple[set[str], int]:
@@ -226,15 +250,22 @@ def _progress(done: int, total: int | None, label: str, last: list[float]) -> No
     print(f"  {label}: {text}", file=sys.stderr, flush=True)
 
 
-def announced_length(response: Any) -> int | None:
-    """The response's `Content-Length` in bytes (None when absent or malformed)."""
+def announced_length(response: Any, label: str) -> int | None:
+    """The response's `Content-Length` in bytes (None when absent). A malformed one is a `DownloadError`:
+    without it a transfer cut short cannot be told from a complete one."""
     total = response.headers.get("Content-Length")
-    return int(total) if total and total.strip().isdigit() else None
+    if total is None:
+        return None
+    if not total.strip().isdigit():
+        raise DownloadError(f"{label}: the server announced a malformed Content-Length {total[:40]!r}, so "
+                            f"a complete transfer cannot be told from a cut one; nothing installed, retry "
+                            f"later")
+    return int(total)
 
 
 def _stream(response: Any, out: Path, label: str) -> None:
     """Write the body to `<out>.part`; rename it to `out` only when every announced byte arrived."""
-    total = announced_length(response)
+    total = announced_length(response, label)
     tmp = out.with_name(out.name + ".part")
     done, last = 0, [0.0]
     try:
@@ -372,8 +403,7 @@ def download_dataset(name: str, root: str | Path, keep_archive: bool = False) ->
     for file_id in bench.drive_ids:
         try:
             fetch_drive(file_id, archive)
-            verify_archive(archive)
-            say_unverifiable(archive)
+            say_unverifiable(archive, verify_archive(archive))
             install_archive(archive, root, bench.folder, bench.folder, bench.max_extract_bytes)
             if is_complete(name, root):
                 print(f"{bench.folder}: done ({root / bench.folder})")
@@ -388,8 +418,7 @@ def download_dataset(name: str, root: str | Path, keep_archive: bool = False) ->
     official = root / PurePosixPath(urllib.parse.urlparse(bench.official_url).path).name
     try:
         fetch_url(bench.official_url, official)
-        verify_archive(official)
-        say_unverifiable(official)
+        say_unverifiable(official, verify_archive(official))
         install_archive(official, root, bench.official_top, bench.folder, bench.max_extract_bytes)
         for pair_list in bench.pair_lists:
             fetch_pair_list(pair_list, root / bench.folder / pair_list.target)
@@ -409,10 +438,10 @@ def download_dataset(name: str, root: str | Path, keep_archive: bool = False) ->
     return False
 
 
-def say_unverifiable(archive: Path) -> None:
+def say_unverifiable(archive: Path, sha256: str) -> None:
     """The benchmarks publish no checksum: say so, and record the sha256 of what was received."""
     print(f"  {archive.name}: unverifiable (no published checksum); checked only for a complete transfer and "
-          f"a readable archive; sha256 {file_digest(archive)}", flush=True)
+          f"a readable archive; sha256 {sha256}", flush=True)
 
 
 def count_rows(path: Path) -> int:
@@ -453,30 +482,25 @@ def load_manifest(path: str | Path = MANIFEST) -> dict[str, Any]:
             manifest.get("targets"), dict):
         raise UserError(f"checkpoint manifest {path} needs the mappings 'checkpoints' and 'targets'")
     for name, spec in manifest["targets"].items():
-        if not isinstance(spec, dict) or not isinstance(spec.get("file"), str) or not isinstance(
-                spec.get("candidates"), list):
-            raise UserError(f"checkpoint manifest {path}: target {name!r} needs 'file' and a list "
-                            f"'candidates'")
-        for key in spec["candidates"]:
-            entry = manifest["checkpoints"].get(key)
-            if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
-                raise UserError(f"checkpoint manifest {path}: target {name!r} names candidate {key!r}, which "
-                                f"has no entry with a 'url' under 'checkpoints'")
+        check_target(name, spec, manifest, path)
     return manifest
 
 
-def verification_problem(path: Path, entry: dict[str, Any]) -> str | None:
-    """Compare a file with the manifest's size, sha256 and md5 prefix (those that are known)."""
-    if looks_like_html(path):
-        return "is an HTML page, not a checkpoint"
-    size = entry.get("size")
-    if size is not None and path.stat().st_size != int(size):
-        return f"has {path.stat().st_size} bytes, not the published {size}"
-    if entry.get("sha256") and not file_digest(path).startswith(str(entry["sha256"]).lower()):
-        return f"sha256 does not start with {entry['sha256']}"
-    if entry.get("md5_prefix") and not file_digest(path, "md5").startswith(str(entry["md5_prefix"]).lower()):
-        return f"md5 does not start with {entry['md5_prefix']}"
-    return None
+def check_target(name: str, spec: Any, manifest: Mapping[str, Any], path: str | Path = MANIFEST) -> None:
+    """A manifest target: a plain file name (written into `--out`, never elsewhere) and candidates that
+    each have a checkpoint entry with a URL; a one-line `UserError` naming the manifest otherwise."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("file"), str) or not isinstance(
+            spec.get("candidates"), list):
+        raise UserError(f"checkpoint manifest {path}: target {name!r} needs 'file' and a list 'candidates'")
+    file = spec["file"]
+    if file in ("", ".", "..") or PurePosixPath(file).name != file or "\\" in file:
+        raise UserError(f"checkpoint manifest {path}: target {name!r} has file {file!r}; it must be a plain "
+                        f"file name (no folders, no '..'), which is written into --out")
+    for key in spec["candidates"]:
+        entry = manifest["checkpoints"].get(key)
+        if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
+            raise UserError(f"checkpoint manifest {path}: target {name!r} names candidate {key!r}, which has "
+                            f"no entry with a 'url' under 'checkpoints'")
 
 
 def verification_kind(entry: dict[str, Any]) -> str:
@@ -498,8 +522,9 @@ def present_and_verified(out: Path, spec: dict[str, Any], manifest: dict[str, An
     except (OSError, yaml.YAMLError, AttributeError):
         record = None
     entry = manifest["checkpoints"].get((record or {}).get("checkpoint"), {})
-    problem = verification_problem(out, entry)
-    if problem is None and record and record.get("sha256") and file_digest(out) != record["sha256"]:
+    digests = file_digests(out)
+    problem = content_problem(out, digests, entry)
+    if problem is None and record and record.get("sha256") and digests["sha256"] != record["sha256"]:
         problem = "differs from the file recorded in fetched.yaml"
     if problem is None and not record:
         problem = "has no fetched.yaml record"
@@ -509,24 +534,27 @@ def present_and_verified(out: Path, spec: dict[str, Any], manifest: dict[str, An
     return True
 
 
-def record_fetch(out_dir: Path, spec: dict[str, Any], key: str, entry: dict[str, Any], out: Path) -> None:
+def record_fetch(out_dir: Path, spec: dict[str, Any], key: str, entry: dict[str, Any], out: Path,
+                 digests: Mapping[str, str]) -> None:
     record_path = out_dir / "fetched.yaml"
     records = (yaml.safe_load(record_path.read_text()) or {}) if record_path.is_file() else {}
     fetched = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    records[spec["file"]] = {"checkpoint": key, "url": entry["url"], "sha256": file_digest(out),
-                             "md5": file_digest(out, "md5"), "size": out.stat().st_size,
+    records[spec["file"]] = {"checkpoint": key, "url": entry["url"], "sha256": digests["sha256"],
+                             "md5": digests["md5"], "size": out.stat().st_size,
                              "verified": verification_kind(entry), "fetched": fetched}
     atomic_write_text(record_path, yaml.safe_dump(records, sort_keys=True))
 
 
 def download_pretrained(target: str, out_dir: str | Path, manifest: dict[str, Any],
-                        dry_run: bool = False) -> bool:
+                        dry_run: bool = False, manifest_path: str | Path = MANIFEST) -> bool:
     """Fetch `targets[target]` (a file name and candidate checkpoints, in order) into `out_dir`; the first
-    candidate that downloads and passes its checks wins; `<out_dir>/fetched.yaml` records which one."""
+    candidate that downloads and passes its checks wins; `<out_dir>/fetched.yaml` records which one.
+    `manifest_path`: where `manifest` came from (named in messages)."""
     spec = manifest["targets"].get(target)
     if spec is None:
         choices = ", ".join(manifest["targets"])
-        raise UserError(f"unknown checkpoint target {target!r} (choose from {choices})")
+        raise UserError(f"unknown checkpoint target {target!r} in {manifest_path} (choose from {choices})")
+    check_target(target, spec, manifest, manifest_path)
     out_dir = Path(out_dir)
     out = out_dir / spec["file"]
     if not dry_run:
@@ -544,14 +572,15 @@ def download_pretrained(target: str, out_dir: str | Path, manifest: dict[str, An
         tmp = out.with_name(out.name + ".download")
         try:
             fetch_url(entry["url"], tmp)
-            problem = verification_problem(tmp, entry)
+            digests = file_digests(tmp)
+            problem = content_problem(tmp, digests, entry)
             if problem:
                 raise DownloadError(f"{entry['url']}: the file {problem}")
             if verification_kind(entry) == "unverifiable":
                 print(f"  {out.name}: unverifiable (the manifest has no size or checksum for {key}); checked "
                       f"only for a complete transfer that is not an HTML page", file=sys.stderr)
             tmp.replace(out)
-            record_fetch(out_dir, spec, key, entry, out)
+            record_fetch(out_dir, spec, key, entry, out, digests)
             print(f"{out}: from {key} ({entry['url']})")
             return True
         except DownloadError as err:
@@ -559,8 +588,8 @@ def download_pretrained(target: str, out_dir: str | Path, manifest: dict[str, An
         finally:
             tmp.unlink(missing_ok=True)
     if not dry_run:
-        print(f"{target}: no candidate could be fetched; download one of the URLs in {MANIFEST} by hand "
-              f"into {out}", file=sys.stderr)
+        print(f"{target}: no candidate could be fetched; download one of the URLs in {manifest_path} by "
+              f"hand into {out}", file=sys.stderr)
     return dry_run
 
 
@@ -582,7 +611,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "pretrained":
-        ok = download_pretrained(args.target, args.out, load_manifest(args.manifest), args.dry_run)
+        ok = download_pretrained(args.target, args.out, load_manifest(args.manifest), args.dry_run,
+                                 args.manifest)
         return 0 if ok else 1
     names = args.only or ["pfpascal", "pfwillow", "spair"]
     root = Path(args.root)

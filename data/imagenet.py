@@ -139,7 +139,7 @@ class TwoViewImageFolder(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        img = open_rgb(self.files[i])
+        img = open_rgb(self.files[i], max_aspect=None)  # random crops: any aspect ratio is fine
         rnd = IndexedRandom(self.seed, self.epoch, i)
         im_q = moco_view(img, rnd, self.aug, self.image_size)
         im_k = moco_view(img, rnd, self.aug, self.image_size)

@@ -15,10 +15,14 @@ from PIL import Image, UnidentifiedImageError
 from configs.runtime import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+MIN_IMAGE_SIDE = 8  # pixels; thinner images cannot be resized into a feature grid
+MAX_ASPECT = 16  # long side / short side: at the smallest evaluation long side (32 px) still 2 px across
 
 
-def open_rgb(path: str | Path) -> Image.Image:
-    """Decode an image with Pillow as `Image.open(p).convert("RGB")` (the evaluation convention)."""
+def open_rgb(path: str | Path, max_aspect: float | None = MAX_ASPECT) -> Image.Image:
+    """Decode an image with Pillow as `Image.open(p).convert("RGB")` (the evaluation convention).
+    `max_aspect`: refuse images whose long side exceeds it times the short side (None: no limit, for
+    training's random crops)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image file {path} is missing (re-download the dataset or fix the pair list)")
@@ -26,7 +30,7 @@ def open_rgb(path: str | Path) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # over ~89 Mpixel: refuse as well
             with Image.open(path) as img:
-                check_image_size(img.size, path)
+                check_image_size(img.size, path, max_aspect)
                 return img.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UserError(f"image file {path} is too large to decode safely (decompression bomb limit of "
@@ -36,14 +40,16 @@ def open_rgb(path: str | Path) -> Image.Image:
                         f"re-download it") from None
 
 
-MIN_IMAGE_SIDE = 8  # pixels; thinner images cannot be resized into a feature grid
-
-
-def check_image_size(size: tuple[int, int], path: Path) -> None:
-    """Refuse images too thin to match (e.g. 2000 x 1)."""
+def check_image_size(size: tuple[int, int], path: Path, max_aspect: float | None = MAX_ASPECT) -> None:
+    """Refuse images too thin to match (e.g. 2000 x 1) or so elongated that resizing them to the evaluation
+    long side rounds the short side to nothing (e.g. 10000 x 10 at 300 px: 0 px)."""
     if min(size) < MIN_IMAGE_SIDE:
         raise UserError(f"image file {path} is {size[0]}x{size[1]} pixels; each side must be at least "
                         f"{MIN_IMAGE_SIDE}")
+    if max_aspect is not None and max(size) > max_aspect * min(size):
+        raise UserError(f"image file {path} is {size[0]}x{size[1]} pixels, more than {max_aspect:g} times "
+                        f"longer than wide; resized for matching it would be (almost) no pixels across; crop "
+                        f"it")
 
 
 def pil_to_uint8_tensor(img: Image.Image) -> torch.Tensor:

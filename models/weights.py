@@ -44,6 +44,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path} (give --weights imagenet, random or an existing file)")
+    if path.stat().st_size == 0:
+        raise UserError(f"cannot read checkpoint {path}: the file is empty (0 bytes; a cut-off write)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, zip errors, disallowed globals: all mean "not usable"
@@ -60,7 +62,12 @@ def load_failure(err: BaseException) -> str:
     blocked = re.search(r"GLOBAL ([\w.]+)", text)
     if blocked:
         return f"it needs the global {blocked.group(1)}, which weights_only loading refuses (untrusted code)"
-    return (text.splitlines()[0] if text else type(err).__name__)[:200]
+    unpickler = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    if unpickler:  # e.g. a plain pickle file, not written by torch.save
+        return (f"weights_only loading refuses its pickle ({unpickler.group(1).strip()[:120]}); it is not a "
+                f"torch.save checkpoint that can be read without running untrusted code")
+    first = text.splitlines()[0] if text else type(err).__name__
+    return first if len(first) <= 200 else first[:200].rsplit(" ", 1)[0] + " ..."
 
 
 def check_finite_weights(state_dict: dict[str, Any], source: str) -> None:

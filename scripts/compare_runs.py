@@ -2,13 +2,15 @@
 
     python scripts/compare_runs.py runs/eval/pfpascal-a runs/eval/pfpascal-b [--output compare.png]
 
-Each RUN_DIR is a `test.py` output folder with a complete `results.json`.
+Each RUN_DIR is a `test.py` output folder with a complete `results.json`; a malformed one, or an
+`--output` that cannot be written, is a one-line error.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from configs.runtime import COMPLETE_KEY, UserError, run_cli  # noqa: E402
+from configs.runtime import COMPLETE_KEY, UserError, check_writable_dir, run_cli  # noqa: E402
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
@@ -30,7 +32,45 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         raise UserError(f"{path} is unreadable ({type(err).__name__})") from None
     if not isinstance(results, dict) or results.get(COMPLETE_KEY) is not True or "pck" not in results:
         raise UserError(f"{path} is not a complete evaluation (no \"complete\": true)")
+    problem = results_problem(results)
+    if problem:
+        raise UserError(f"{path}: {problem} (not a results.json written by test.py)")
     return results
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_alpha(key: Any) -> bool:
+    try:
+        return math.isfinite(float(key))
+    except (TypeError, ValueError):
+        return False
+
+
+def results_problem(results: dict[str, Any]) -> str | None:
+    """What in a results.json the table and the plot cannot use (None when all is well): `pck` must map
+    alphas to numbers (or null), `weights` be a mapping, `hyperpixel` a list, `pck_curve` two equal lists."""
+    pck = results["pck"]
+    if not isinstance(pck, dict) or not pck:
+        return f"'pck' must map alphas to PCK values, got {type(pck).__name__}"
+    for alpha, value in pck.items():
+        if not _is_alpha(alpha):
+            return f"'pck' key {alpha!r} is not an alpha (a number)"
+        if value is not None and not _is_number(value):
+            return f"'pck' value of alpha {alpha} is {value!r}, not a number"
+    if not isinstance(results.get("weights") or {}, dict):
+        return f"'weights' must be a mapping, got {type(results['weights']).__name__}"
+    if not isinstance(results.get("hyperpixel") or [], list):
+        return f"'hyperpixel' must be a list of ids, got {type(results['hyperpixel']).__name__}"
+    curve = results.get("pck_curve")
+    if curve:
+        xs, ys = (curve.get(k) if isinstance(curve, dict) else None for k in ("alphas", "pck"))
+        if not (isinstance(xs, list) and isinstance(ys, list) and len(xs) == len(ys)
+                and all(_is_number(v) or v is None for v in [*xs, *ys])):
+            return "'pck_curve' must hold two lists of numbers of one length, 'alphas' and 'pck'"
+    return None
 
 
 def markdown_table(runs: Sequence[tuple[str, dict[str, Any]]]) -> str:
@@ -52,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="test.py output folders")
     p.add_argument("--output", default="pck_compare.png", help="the overlay plot (PNG)")
     args = p.parse_args(argv)
+    output = Path(args.output)
+    if output.is_dir():
+        raise UserError(f"--output {output} is a folder; give a file name such as {output / 'compare.png'}")
+    check_writable_dir(output.parent, "--output folder")
     from validation_and_test.plots import plot_pck_curves
 
     names = [Path(r).resolve().name for r in args.runs]

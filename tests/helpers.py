@@ -1,17 +1,22 @@
 """Builders shared by several test modules (import as `from helpers import ...`; tests/ is on sys.path):
 the released cycle config, an in-memory dataset, official-layout dataset fixtures (PF-PASCAL, SPair-71k,
-PF-WILLOW) written into a folder, and the tiny training run's settings."""
+PF-WILLOW) written into a folder, the tiny training run's settings, and the CLI checks (one-line errors,
+the evaluation CLI run in-process)."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import fcntl
 import json
+import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from scipy.io import savemat
@@ -25,6 +30,40 @@ from training.config import load_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}  # for subprocesses run from REPO
+
+
+def assert_one_line_error(code: int | None, err: str, needle: str = "", alone: bool = True) -> None:
+    """A CLI failed as promised: non-zero status, no traceback, its last stderr line `error: ...` holding
+    `needle` and the only error line; `alone`: nothing else on stderr either (else log lines may precede)."""
+    lines = err.strip().splitlines()
+    assert code not in (0, None), err
+    assert "Traceback" not in err, err
+    assert lines and lines[-1].startswith("error: ") and needle in lines[-1], err
+    assert sum("error" in line.lower() for line in lines) == 1, err
+    assert not alone or len(lines) == 1, err
+
+
+def run_eval_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """`validation_and_test/test.py` in-process through `run_cli`, as a user starts it: (exit status, stdout,
+    stderr)."""
+    from configs.runtime import run_cli
+    from validation_and_test.test import main
+
+    logging.getLogger("eval").handlers.clear()  # rebind the CLI logger to this test's captured stderr
+    with pytest.raises(SystemExit) as done:
+        run_cli(main, argv)
+    out = capsys.readouterr()
+    return int(done.value.code), out.out, out.err
+
+
+def hold_lock(folder: Path) -> int:
+    """Hold `folder/.lock` as another run would (an flock on a separate open file, which conflicts with the
+    code's own even in this process); close the returned descriptor to let go."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, f"{os.getppid()} {socket.gethostname()}\n".encode())
+    return fd
 
 
 def original_cycle_config(**changes: Any) -> CycleConfig:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ENV, REPO
+from helpers import ENV, REPO, assert_one_line_error, hold_lock
 
 from configs.runtime import run_cli
 
@@ -45,14 +44,22 @@ def _non_empty(tmp: Path) -> str:
     return str(tmp / "run")
 
 
-def _complete_result(tmp: Path) -> str:
-    _file(tmp, "done/results.json", json.dumps({"complete": True}))
+def _complete_result(tmp: Path, marker: str = "results.json") -> str:
+    _file(tmp, f"done/{marker}", json.dumps({"complete": True}))
     return str(tmp / "done")
 
 
 def _locked(tmp: Path) -> str:
-    _file(tmp, "busy/.lock", f"{os.getppid()}\n")  # a live process (the test runner's parent)
+    hold_lock(tmp / "busy")  # as a live run would; let go when the test process ends
     return str(tmp / "busy")
+
+
+def _damaged_run(tmp: Path, run_id: bytes = b"abc123\n") -> str:
+    """A run folder whose only checkpoint is empty (a kill during the first write of a run killed before)."""
+    _file(tmp, "run/run_id", run_id)
+    _file(tmp, "run/metrics.jsonl", '{"step": 1}\n')
+    _file(tmp, "run/checkpoints/last.pth", b"")
+    return str(tmp / "run")
 
 
 def _untrusted_pickle(tmp: Path) -> str:
@@ -84,6 +91,18 @@ TRAIN_CASES: dict[str, tuple[Argv, str]] = {
     "weight_decay_negative": (_train("optim.weight_decay=-1"), "optim.weight_decay"),
     "gamma_zero": (_train("optim.gamma=0"), "optim.gamma"),
     "clip_zero": (_train("optim.clip_grad_norm=0"), "optim.clip_grad_norm"),
+    "clip_per_term_negative": (_train("optim.clip_grad_norm_per_term=-1"),
+                               "optim.clip_grad_norm_per_term=-1"),
+    "clip_per_term_zero": (_train("optim.clip_grad_norm_per_term=0"), "optim.clip_grad_norm_per_term=0"),
+    "clip_per_term_nan": (_train("optim.clip_grad_norm_per_term=.nan"), "optim.clip_grad_norm_per_term"),
+    "centre_loss_weight_inf": (_train("cycle.centre_loss_weight=.inf"), "'cycle.centre_loss_weight' must be "
+                                                                         "a finite number"),
+    "centre_loss_weight_nan": (_train("cycle.centre_loss_weight=.nan"), "cycle.centre_loss_weight"),
+    "cycle_jitter_nan": (_train("cycle.crop_jitter=.nan"), "cycle.crop_jitter"),
+    "cycle_loss_weight_negative": (_train("cycle.loss_weight=-1"), "cycle.loss_weight"),
+    "moco_loss_weight_nan_in_preset": (lambda t: ["--config", str(_file(t, "c.yaml", "_base_: " + str(
+        REPO / "configs/demo.yaml") + "\nmoco:\n  loss_weight: .nan\n")), "--device", "cpu", "--output-dir",
+        str(t / "r")], "c.yaml: config key 'moco.loss_weight' must be a finite number"),
     "final_lr_negative": (_train("optim.final_lr=-1"), "optim.final_lr"),
     "warmup_inf": (_train("optim.warmup_epochs=.inf"), "optim.warmup_epochs"),
     "steps_per_epoch_zero": (_train("steps_per_epoch=0"), "steps_per_epoch"),
@@ -99,6 +118,10 @@ TRAIN_CASES: dict[str, tuple[Argv, str]] = {
     "run_folder_is_a_file": (_train(out=lambda t: str(_file(t, "f.txt", "x"))), "is a file"),
     "run_folder_holds_a_run": (_train(out=_non_empty), "already holds a run"),
     "resume_and_overwrite": (_train("--resume", "auto", "--overwrite"), "exclude each other"),
+    "resume_auto_empty_checkpoint": (_train("--resume", "auto", out=_damaged_run),
+                                     "no checkpoint of this run can be resumed"),
+    "resume_auto_binary_run_id": (_train("--resume", "auto", out=lambda t: _damaged_run(t, b"\xff\x00\xfe")),
+                                  "run_id is not a run id"),
     "resume_missing_file": (lambda t: [*_train()(t), "--resume", str(t / "none.pth")], "no such checkpoint"),
     "resume_garbage": (lambda t: [*_train()(t), "--resume", str(_file(t, "g.pth", b"garbage"))],
                        "cannot read checkpoint"),
@@ -189,6 +212,11 @@ SEARCH_CASES: dict[str, tuple[Argv, str]] = {
     "patch_zero": (_search("--patch", "0"), "patch"),
     "max_pairs_zero": (_search("--max-pairs", "0"), "max_pairs"),
     "output_dir_is_a_file": (lambda t: [*_search()(t), "--output-dir", str(_file(t, "f", "x"))], "is a file"),
+    "output_dir_complete": (lambda t: [*_search()(t), "--output-dir", _complete_result(t, "search.json")],
+                            "holds a complete search.json; choose another folder or pass --overwrite"),
+    "output_dir_complete_overwrite": (lambda t: [*_search()(t), "--output-dir", _complete_result(
+        t, "search.json"), "--overwrite"], "no-data"),  # past the claim: the next refusal is the data's
+    "output_dir_locked": (lambda t: [*_search()(t), "--output-dir", _locked(t)], "in use by another run"),
     "preset_long_side_zero": (lambda t: [*_search()(t), "--config", _yaml(t, {"long_side": 0})], "long_side"),
 }
 
@@ -211,6 +239,11 @@ DOWNLOAD_CASES: dict[str, tuple[Argv, str]] = {
                               "unreadable"),
     "manifest_not_utf8": (lambda t: ["pretrained", "--manifest", _manifest(t, b"targets: \xff\n")],
                           "unreadable"),
+    "manifest_file_escapes_out": (
+        lambda t: ["pretrained", "--out", str(t / "out"), "--manifest", _manifest(
+            t, {"targets": {"moco": {"file": "../../x.pth", "candidates": ["c"]}},
+                "checkpoints": {"c": {"url": "http://127.0.0.1:9/x"}}})],
+        "has file '../../x.pth'; it must be a plain file name"),
     "out_is_a_file": (lambda t: ["pretrained", "--out", str(_file(t, "f", "x"))], "--out"),
     "root_is_a_file": (lambda t: ["datasets", "--root", str(_file(t, "f", "x"))], "--root"),
     "root_in_proc": (lambda t: ["datasets", "--root", "/proc/cc-no-such/data"], "--root"),
@@ -247,6 +280,9 @@ MATCH_CASES: dict[str, tuple[Argv, str]] = {
     "image_unreadable": (_match(src=lambda t: str(_file(t, "bad.png", b"not a png"))), "unreadable"),
     "image_too_thin": (_match(src=lambda t: str(_file(t, "thin.pgm", b"P5 2000 1 255\n" + bytes(2000)))),
                        "at least 8"),
+    "image_too_elongated": (_match(src=lambda t: str(_file(t, "long.pgm",
+                                                                 b"P5 10000 10 255\n" + bytes(10**5)))),
+                            "long.pgm is 10000x10 pixels, more than 16 times longer than wide"),
     "kps_outside": (_match(kps="5,5;64,10"), "outside the 64x48 image"),
     "kps_negative": (_match(kps="-1,5"), "outside"),
     "kps_malformed": (_match(kps="5;5"), "not a pair of numbers"),
@@ -285,14 +321,6 @@ CASES = [pytest.param(cli, argv, needle, id=f"{cli}-{name}")
          for cli, table in (("train", TRAIN_CASES), ("eval", EVAL_CASES), ("search", SEARCH_CASES),
                             ("download", DOWNLOAD_CASES), ("match", MATCH_CASES))
          for name, (argv, needle) in table.items()]
-
-
-def assert_one_line_error(code: int | None, err: str, needle: str) -> None:
-    lines = err.strip().splitlines()
-    assert code not in (0, None), err
-    assert "Traceback" not in err, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert needle in lines[0], lines[0]
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ import shlex
 
 import pytest
 import torch
-from helpers import write_small_willow
+from helpers import assert_one_line_error, write_small_willow
 
 from configs.runtime import UserError
 from models.cycle import soft_argmax_walk
@@ -226,6 +226,7 @@ def pck_search(tmp_path_factory, tiny_config):
         assert main([*COMMON, "--config", tiny_config, "--output-dir", str(out), "--progress"]) == 0
     doc = json.loads((out / "search.json").read_text())
     doc["_printed"] = printed.getvalue()
+    doc["_files"] = sorted(p.name for p in out.iterdir())
     return doc
 
 
@@ -245,6 +246,7 @@ def test_pck_search_json_and_table(pck_search):
     table = doc["_printed"]
     assert "depth 1: 2 candidate(s)" in table and "depth 2:" in table
     assert f"{doc['best']['score']:.4f}" in table and "test.py" in table
+    assert doc["_files"] == ["search.json"]  # its lock is gone once the search is complete
 
 
 def test_pck_score_equals_an_independent_test_py_run(pck_search, tmp_path):
@@ -281,8 +283,7 @@ def test_cli_errors_are_one_line(capsys, tiny_config):
     with pytest.raises(SystemExit) as exc:
         run_cli(main, [*COMMON[:-4], "--bases", "0-20", "--config", tiny_config, "--output-dir", "/tmp/x"])
     assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "out of range" in err and "\n" not in err
+    assert_one_line_error(exc.value.code, capsys.readouterr().err, "out of range")
 
 
 @pytest.mark.parametrize("source", ["generated", "real"])

@@ -25,6 +25,8 @@ class Toy:
     ids: list[int] = field(default_factory=lambda: [2, 12])
     seed: Optional[int] = None
     amp: bool = False
+    clip: Optional[float] = None
+    alphas: list[float] = field(default_factory=lambda: [0.1])
 
 
 def test_build_nested_and_defaults():
@@ -43,6 +45,9 @@ def test_build_nested_and_defaults():
         ({"name": "x", "ids": [1, "a"]}, "ids[1]"),
         ({"name": "x", "optim": {"mode": "linear"}}, "optim.mode"),
         ({}, "missing required config key 'name'"),
+        ({"name": "x", "optim": {"lr": float("nan")}}, "'optim.lr' must be a finite number, got nan"),
+        ({"name": "x", "clip": float("inf")}, "'clip' must be a finite number, got inf"),
+        ({"name": "x", "alphas": [0.1, -float("inf")]}, "'alphas[1]' must be a finite number"),
     ],
 )
 def test_errors_name_the_key(data, needle):

@@ -1,6 +1,7 @@
 """Annotation and image sanity: malformed SPair fields are named (never reshaped first), degenerate PCK
 references refused, keypoints far outside the image warned about with the pair named, PF-WILLOW paths
-leaving the dataset folder refused, decompression bombs and 2000x1 images refused with the file named."""
+leaving the dataset folder refused, decompression bombs, 2000x1 images and images over 16:1 refused with the
+file named."""
 
 from __future__ import annotations
 
@@ -106,3 +107,22 @@ def test_thin_image_is_refused(tmp_path):
     Image.fromarray(np.zeros((1, 2000, 3), np.uint8)).save(tmp_path / "thin.png")
     with pytest.raises(UserError, match="thin.png is 2000x1 pixels"):
         open_rgb(tmp_path / "thin.png")
+
+
+@pytest.mark.parametrize("width, height, refused", [(10000, 10, True), (10, 170, True), (160, 10, False),
+                                                    (8, 128, False)])
+def test_elongated_images_beyond_sixteen_to_one_are_refused(tmp_path, width, height, refused):
+    """10000x10 passes the 8-px rule but would resize to 300x0 px; up to 16:1 the short side keeps >= 2 px at
+    every allowed long side (>= 32), and the resize rule then gives at least 1 px."""
+    from validation_and_test.preprocess import resize_ratio, resized_size
+
+    path = tmp_path / "long.png"
+    Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(path)
+    if refused:
+        with pytest.raises(UserError, match=f"long.png is {width}x{height} pixels, more than 16 times"):
+            open_rgb(path)
+    else:
+        assert open_rgb(path).size == (width, height)
+        for long_side in (32, 300, 600):
+            for rule in ("scot", "hpf"):
+                assert min(resized_size(height, width, resize_ratio(height, width, rule, long_side))) >= 1

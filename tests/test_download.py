@@ -106,8 +106,8 @@ def test_verify_archive_checksums_and_html(tmp_path):
     archive = _tar(tmp_path / "a.tar.gz", {"A/x.txt": b"hello"})
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
-    assert dl.verify_archive(archive, sha256=digest) == "tar"
-    assert dl.verify_archive(archive, sha256=digest[:8], md5_prefix=md5[:8]) == "tar"
+    assert dl.verify_archive(archive, sha256=digest) == digest
+    assert dl.verify_archive(archive, sha256=digest[:8], md5_prefix=md5[:8]) == digest
     with pytest.raises(dl.DownloadError, match="sha256 .* does not match"):
         dl.verify_archive(archive, sha256="0" * 64)
     with pytest.raises(dl.DownloadError, match="md5 does not start with ffffffff"):
@@ -120,7 +120,8 @@ def test_verify_archive_checksums_and_html(tmp_path):
     html.write_text("<!DOCTYPE html><html><body>Google Drive can't scan this file for viruses</body></html>")
     with pytest.raises(dl.DownloadError, match="HTML page.*pip install gdown"):
         dl.verify_archive(html)
-    assert dl.verify_archive(_zip(tmp_path / "z.zip", {"Z/a.txt": b"1"})) == "zip"
+    zipped = _zip(tmp_path / "z.zip", {"Z/a.txt": b"1"})
+    assert dl.verify_archive(zipped) == hashlib.sha256(zipped.read_bytes()).hexdigest()
 
 
 @pytest.mark.parametrize("build", [

@@ -24,13 +24,16 @@ PAYLOAD = bytes(range(256)) * 400  # 100 KiB
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """/full: the payload; /cut: announces the payload's length, sends 40 % of it; /pairs-cut: 3 of 9 rows."""
+    """/full: the payload; /cut: announces the payload's length, sends 40 % of it; /bad-length: announces
+    `Content-Length: abc`, sends 40 %; /pairs-cut: 3 of 9 rows."""
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's API)
-        routes = {"/full": (PAYLOAD, len(PAYLOAD)), "/cut": (PAYLOAD[: len(PAYLOAD) * 2 // 5], len(PAYLOAD)),
-                  "/pairs": (PAIRS, len(PAIRS)), "/pairs-cut": (PAIRS[:40], len(PAIRS))}
+        part = PAYLOAD[: len(PAYLOAD) * 2 // 5]
+        routes = {"/full": (PAYLOAD, len(PAYLOAD)), "/cut": (part, len(PAYLOAD)),
+                  "/bad-length": (part, "abc"), "/pairs": (PAIRS, len(PAIRS)),
+                  "/pairs-cut": (PAIRS[:40], len(PAIRS))}
         body, length = routes.get(self.path, (b"", -1))
-        if length < 0:
+        if length == -1:
             self.send_error(404)
             return
         self.send_response(200)
@@ -76,6 +79,64 @@ def test_truncated_checkpoint_is_not_recorded(server, tmp_path, capsys):
     assert not dl.download_pretrained("m", tmp_path, manifest)
     assert list(tmp_path.iterdir()) == []
     assert "no candidate could be fetched" in capsys.readouterr().err
+
+
+def test_malformed_content_length_is_refused_and_nothing_recorded(server, tmp_path, capsys):
+    with pytest.raises(dl.DownloadError, match="malformed Content-Length 'abc'"):
+        dl.fetch_url(f"{server}/bad-length", tmp_path / "f.bin")
+    assert list(tmp_path.iterdir()) == []
+    manifest = {"targets": {"m": {"file": "m.pth", "candidates": ["bad"]}},
+                "checkpoints": {"bad": {"url": f"{server}/bad-length"}}}  # unverifiable: no size, no checksum
+    assert not dl.download_pretrained("m", tmp_path, manifest)
+    assert list(tmp_path.iterdir()) == []  # neither installed nor recorded in fetched.yaml
+    assert "malformed Content-Length" in capsys.readouterr().err
+
+
+def test_failure_messages_name_the_manifest_given(server, tmp_path, capsys):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({"targets": {"m": {"file": "m.pth", "candidates": ["cut"]}},
+                                    "checkpoints": {"cut": {"url": f"{server}/cut"}}}))
+    out = str(tmp_path / "out")
+    assert dl.main(["pretrained", "--target", "m", "--out", out, "--manifest", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"download one of the URLs in {path} by hand" in err and "pretrained_models" not in err
+    with pytest.raises(dl.UserError, match=f"unknown checkpoint target 'x' in {path}"):
+        dl.main(["pretrained", "--target", "x", "--out", out, "--manifest", str(path)])
+
+
+@pytest.mark.parametrize("file", ["../../x.pth", "/tmp/x.pth", "sub/x.pth", "..", "a\\..\\x.pth"])
+def test_manifest_file_outside_out_is_refused(server, tmp_path, file):
+    manifest = {"targets": {"m": {"file": file, "candidates": ["full"]}},
+                "checkpoints": {"full": {"url": f"{server}/full"}}}
+    path = tmp_path / "manifest.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    with pytest.raises(dl.UserError, match=f"{path}: target 'm' has file .*plain file name"):
+        dl.load_manifest(path)
+    out = tmp_path / "a" / "b" / "out"
+    with pytest.raises(dl.UserError, match="plain file name"):
+        dl.download_pretrained("m", out, manifest)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["manifest.yaml"]  # nothing written anywhere
+
+
+def test_each_file_is_hashed_once(server, tmp_path, monkeypatch):
+    reads = []
+    real = dl.file_digests
+
+    def counting(path, *args):
+        reads.append(Path(path).name)
+        return real(path, *args)
+
+    monkeypatch.setattr(dl, "file_digests", counting)
+    entry = {"url": f"{server}/full", "sha256": hashlib.sha256(PAYLOAD).hexdigest(),
+             "md5_prefix": hashlib.md5(PAYLOAD).hexdigest()[:8]}
+    manifest = {"targets": {"m": {"file": "m.pth", "candidates": ["full"]}}, "checkpoints": {"full": entry}}
+    assert dl.download_pretrained("m", tmp_path, manifest)  # verified and recorded from one read
+    assert reads == ["m.pth.download"]
+    assert dl.download_pretrained("m", tmp_path, manifest)  # the re-run's check: one read
+    assert reads == ["m.pth.download", "m.pth"]
+    archive = _tar(tmp_path / "a.tar.gz", {"A/x.txt": b"hello"})
+    assert dl.verify_archive(archive) == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert reads[2:] == ["a.tar.gz"]
 
 
 def test_unverifiable_checkpoint_is_said_and_a_changed_file_fetched_again(server, tmp_path, capsys):
@@ -146,6 +207,14 @@ def test_archive_bomb_is_refused_before_extraction(tmp_path):
     with pytest.raises(dl.DownloadError, match="more than the cap"):
         dl.safe_extract(bomb, tmp_path / "d", max_bytes=1 << 20)
     assert list((tmp_path / "d").iterdir()) == []
+    ratio = tmp_path / "ratio.zip"  # under the size cap, but 24 MiB from a few KiB
+    with zipfile.ZipFile(ratio, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("T/zeros.bin", bytes(24 << 20))
+    with pytest.raises(dl.DownloadError, match="compression ratio of [0-9]+ \\(more than 100"):
+        dl.safe_extract(ratio, tmp_path / "r")
+    assert list((tmp_path / "r").iterdir()) == []
+    text = _tar(tmp_path / "text.tar.gz", {"T/a.txt": bytes(1 << 20)})  # highly compressed, but small: fine
+    assert dl.safe_extract(text, tmp_path / "t") == ["T"]
     many = _tar(tmp_path / "many.tar.gz", {f"T/{i}.txt": b"x" for i in range(30)})
     with pytest.raises(dl.DownloadError, match="30 members"):
         dl.safe_extract(many, tmp_path / "e", max_members=20)

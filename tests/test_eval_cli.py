@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -16,21 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from helpers import REPO, spair_pairs, write_small_willow, write_spair
+from helpers import REPO, assert_one_line_error, run_eval_cli, spair_pairs, write_small_willow, write_spair
 from torch import nn
 
-from configs.runtime import run_cli
-from validation_and_test.test import main
-
 FAST = ["--weights", "random", "--backbone", "resnet18", "--hyperpixel", "2,3", "--device", "cpu"]
-
-
-def _cli(argv, capsys) -> tuple[int, str, str]:
-    logging.getLogger("eval").handlers.clear()  # rebind the CLI logger to this test's captured stderr
-    with pytest.raises(SystemExit) as done:
-        run_cli(main, argv)
-    out = capsys.readouterr()
-    return int(done.value.code), out.out, out.err
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -59,8 +47,9 @@ def willow_root(request, tmp_path) -> Path:
 def test_pfwillow_end_to_end(willow_root, tmp_path, capsys):
     out_dir = tmp_path / "run"
     vis_dir = tmp_path / "vis"
-    code, stdout, _ = _cli(["--datapath", str(willow_root), "--dataset", "pfwillow", "--max-pairs", "3",
-                            *FAST, "--output-dir", str(out_dir), "--vis-dir", str(vis_dir)], capsys)
+    argv = ["--datapath", str(willow_root), "--dataset", "pfwillow", "--max-pairs", "3", *FAST,
+            "--output-dir", str(out_dir), "--vis-dir", str(vis_dir)]
+    code, stdout, _ = run_eval_cli(argv, capsys)
     assert code == 0
     results = json.loads((out_dir / "results.json").read_text())
     for key in ("dataset", "split", "n_pairs", "thres", "pck", "pck_per_keypoint", "per_class", "config",
@@ -108,12 +97,10 @@ def test_data_errors_are_one_line(willow_root, tmp_path, capsys, breakage):
         csv_path.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
     elif breakage == "bad_columns":
         csv_path.write_text("\n".join([lines[0], ",".join(lines[1].split(",")[:-3])]) + "\n")
-    code, _, err = _cli(["--datapath", str(root), "--dataset", "pfwillow", *FAST,
+    code, _, err = run_eval_cli(["--datapath", str(root), "--dataset", "pfwillow", *FAST,
                          "--output-dir", str(tmp_path / "out")], capsys)
     assert code == 2
-    errors = [line for line in err.strip().splitlines() if "error" in line.lower()]
-    assert len(errors) == 1 and err.strip().splitlines()[-1].startswith("error: "), err
-    assert "Traceback" not in err
+    assert_one_line_error(code, err, alone=False)  # data read during the run: its progress lines come first
 
 
 def test_setting_errors_are_one_line(willow_root, tmp_path, capsys):
@@ -134,16 +121,15 @@ def test_setting_errors_are_one_line(willow_root, tmp_path, capsys):
         (["--weights", "random", "--config", str(tmp_path / "missing.yaml")], "missing.yaml"),
     ]
     for extra, needle in cases:
-        code, _, err = _cli(base + extra, capsys)
-        last = err.strip().splitlines()[-1]
-        assert code == 2 and last.startswith("error: ") and needle in last, (extra, err)
-        assert "Traceback" not in err
+        code, _, err = run_eval_cli(base + extra, capsys)
+        assert code == 2
+        assert_one_line_error(code, err, needle)
 
 
 def test_preset_for_another_backbone_is_fine_with_explicit_ids(willow_root, tmp_path, capsys):
-    code, _, _ = _cli(["--datapath", str(willow_root), "--dataset", "pfwillow", "--max-pairs", "1", *FAST,
-                       "--classmap", "0", "--sim", "cosGeo", "--fast", "--output-dir", str(tmp_path / "o")],
-                      capsys)
+    code, _, _ = run_eval_cli(["--datapath", str(willow_root), "--dataset", "pfwillow", "--max-pairs", "1",
+                               *FAST, "--classmap", "0", "--sim", "cosGeo", "--fast", "--output-dir",
+                               str(tmp_path / "o")], capsys)
     assert code == 0
     results = json.loads((tmp_path / "o" / "results.json").read_text())
     assert results["matching"]["sim"] == "cosGeo" and results["matching"]["classmap"] == 0
@@ -155,7 +141,7 @@ def test_torchrun_two_processes_match_single_process(realdata_root, tmp_path, ca
     cfg = tmp_path / "small.yaml"
     cfg.write_text(f"_base_: {REPO / 'configs' / 'eval' / 'pfwillow.yaml'}\nlong_side: 160\nnum_workers: 0\n")
     common = ["--config", str(cfg), "--datapath", str(realdata_root), "--max-pairs", "5", *FAST]
-    code, _, _ = _cli(common + ["--output-dir", str(tmp_path / "single")], capsys)
+    code, _, _ = run_eval_cli(common + ["--output-dir", str(tmp_path / "single")], capsys)
     assert code == 0
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -185,8 +171,8 @@ def spair_root(request, tmp_path) -> Path:
 def test_spair_breakdown(spair_root, tmp_path, capsys):
     """One pair end to end, with the difficulty table."""
     out_dir = tmp_path / "spair"
-    code, stdout, _ = _cli(["--datapath", str(spair_root), "--dataset", "spair", "--max-pairs", "1", *FAST,
-                            "--classmap", "0", "--output-dir", str(out_dir)], capsys)
+    code, stdout, _ = run_eval_cli(["--datapath", str(spair_root), "--dataset", "spair", "--max-pairs", "1",
+                                    *FAST, "--classmap", "0", "--output-dir", str(out_dir)], capsys)
     assert code == 0
     results = json.loads((out_dir / "results.json").read_text())
     assert results["thres"] == "bbox" and results["matching"]["exp2"] == 1.0  # SPair preset
@@ -210,14 +196,13 @@ def test_pfpascal_csv_keypoints_are_recorded_and_restricted(tmp_path, capsys):
         "PF-dataset-PASCAL/JPEGImages/a.jpg,PF-dataset-PASCAL/JPEGImages/a.jpg,8,40;60;90,30;50;70,40;60;90,"
         "30;50;70\n")
     base = ["--datapath", str(root), "--dataset", "pfpascal", *FAST, "--pfpascal-kps", "csv"]
-    code, _, err = _cli(base + ["--output-dir", str(tmp_path / "out")], capsys)
+    code, _, err = run_eval_cli(base + ["--output-dir", str(tmp_path / "out")], capsys)
     assert code == 0, err
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["data"]["keypoint_source"] == "csv" and results["data"]["comparable"] is False
     assert results["thres"] == "img" and results["n_pairs"] == 1 and results["per_class"].keys() == {"cat"}
     for extra, needle in ((["--thres", "bbox"], "--thres bbox"), (["--split", "val"], "split val"),
                           (["--dataset", "pfwillow"], "pfpascal only")):
-        code, _, err = _cli(base + extra + ["--output-dir", str(tmp_path / "o2")], capsys)
-        last = err.strip().splitlines()[-1]
-        assert code == 2 and last.startswith("error: ") and needle in last, (extra, err)
-        assert "Traceback" not in err
+        code, _, err = run_eval_cli(base + extra + ["--output-dir", str(tmp_path / "o2")], capsys)
+        assert code == 2
+        assert_one_line_error(code, err, needle)

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision
+from helpers import ENV, REPO, assert_one_line_error, run_eval_cli
 
 from configs import runtime
-from configs.runtime import run_cli
 from validation_and_test import test as eval_cli
 
 FAST = ["--weights", "random", "--backbone", "resnet18", "--hyperpixel", "2,3", "--device", "cpu"]
@@ -40,10 +41,8 @@ def self_pairs(tmp_path_factory) -> Path:
 
 
 def run(argv: list[str], capsys) -> tuple[int, str]:
-    logging.getLogger("eval").handlers.clear()
-    with pytest.raises(SystemExit) as done:
-        run_cli(eval_cli.main, argv)
-    return int(done.value.code), capsys.readouterr().err
+    code, _, err = run_eval_cli(argv, capsys)
+    return code, err
 
 
 def base(root: Path, out: Path) -> list[str]:
@@ -75,7 +74,8 @@ def test_complete_strict_results_written_last_and_umask(self_pairs, tmp_path, ca
     assert (out / "results.json").stat().st_mtime_ns >= (out / "config.yaml").stat().st_mtime_ns
 
     code, err = run(base(self_pairs, out), capsys)  # a second evaluation into the same folder
-    assert code == 2 and "already holds a complete results.json" in err and len(err.strip().splitlines()) == 1
+    assert code == 2
+    assert_one_line_error(code, err, "already holds a complete results.json")
     code, err = run([*base(self_pairs, out), "--overwrite"], capsys)
     assert code == 0, err
 
@@ -103,8 +103,8 @@ def test_non_finite_weights_are_named(self_pairs, tmp_path, capsys):
     torch.save(sd, path)
     args = [a if a != "random" else str(path) for a in base(self_pairs, tmp_path / "out")]
     code, err = run(args, capsys)
-    assert code == 2 and "diverged.pth: tensor layer1.0.conv1.weight holds NaN" in err
-    assert len(err.strip().splitlines()) == 1
+    assert code == 2
+    assert_one_line_error(code, err, "diverged.pth: tensor layer1.0.conv1.weight holds NaN")
 
 
 def test_strict_json_writer_turns_non_finite_numbers_into_null(tmp_path):
@@ -114,8 +114,9 @@ def test_strict_json_writer_turns_non_finite_numbers_into_null(tmp_path):
 
 
 def test_failed_evaluation_leaves_no_empty_folder_it_created(tmp_path):
-    out = tmp_path / "new"
-    runtime.claim_output_dir(out)
-    assert (out / ".lock").is_file()
-    runtime._release(out / ".lock", created=True)
-    assert not out.exists()
+    code = ("import sys; from configs.runtime import claim_output_dir; claim_output_dir(sys.argv[1]); "
+            "sys.exit(2)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "new")], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert not (tmp_path / "new").exists()

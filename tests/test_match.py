@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import assert_one_line_error
 from PIL import Image
 
 from configs import CONFIG_DIR
@@ -150,16 +151,6 @@ def test_benchmark_pair_equals_test_py_and_plots_are_written(corr, small_config,
             assert np.asarray(img.convert("L")).std() > 1  # not a blank canvas
 
 
-def test_no_plots_flag(small_config, tmp_path):
-    from validation_and_test.test import main
-
-    out = tmp_path / "eval"
-    assert main(["--config", str(small_config), "--datapath", str(ensure_demo_data()), "--max-pairs", "1",
-                 "--device", "cpu", "--output-dir", str(out), "--no-plots"]) == 0
-    assert (out / "results.json").is_file()
-    assert not (out / "pck_curve.png").exists() and not (out / "per_class.png").exists()
-
-
 # -------------------------------------------------------------------------------------------- CLI
 def test_cli_writes_json_and_figures(small_config, photo, tmp_path, capsys):
     from validation_and_test.match import main
@@ -200,18 +191,15 @@ def test_warp_of_identical_pair_reproduces_the_source(corr, photo):
 
 
 def test_compare_runs_overlays_and_tabulates(small_config, tmp_path, capsys):
-    import importlib.util
-
     from validation_and_test.test import main
 
-    spec = importlib.util.spec_from_file_location("compare_runs", Path(__file__).parents[1] / "scripts" /
-                                                  "compare_runs.py")
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
+    compare = _compare_runs()
     root = str(ensure_demo_data())
     for name, ids in (("a", "2,3,5"), ("b", "2,3")):
         assert main(["--config", str(small_config), "--datapath", root, "--max-pairs", "1", "--device", "cpu",
                      "--hyperpixel", ids, "--output-dir", str(tmp_path / name), "--no-plots"]) == 0
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["config.yaml", "per_pair.csv",
+                                                                    "results.json"]  # --no-plots: no PNGs
     capsys.readouterr()
     plot = tmp_path / "cmp.png"
     assert compare.main([str(tmp_path / "a"), str(tmp_path / "b"), "--output", str(plot)]) == 0
@@ -222,3 +210,53 @@ def test_compare_runs_overlays_and_tabulates(small_config, tmp_path, capsys):
         assert np.asarray(img.convert("L")).std() > 1
     with pytest.raises(UserError, match="no results.json"):
         compare.main([str(tmp_path / "a"), str(tmp_path / "none")])
+
+
+def _compare_runs():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_runs", Path(__file__).parents[1] / "scripts" /
+                                                  "compare_runs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+GOOD_RESULTS = {"complete": True, "dataset": "demo", "pck": {"0.05": 40.0, "0.1": 60.5}, "hyperpixel": [2, 3],
+                "weights": {"weights": "random"}, "pck_curve": {"alphas": [0.0, 0.1], "pck": [0.0, 60.5]}}
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"pck": [40.0, 60.5]}, "'pck' must map alphas to PCK values, got list"),
+    ({"pck": {"0.1": "60.5"}}, "'pck' value of alpha 0.1 is '60.5', not a number"),
+    ({"pck": {"high": 60.5}}, "'pck' key 'high' is not an alpha"),
+    ({"weights": "random"}, "'weights' must be a mapping, got str"),
+    ({"hyperpixel": "2,3"}, "'hyperpixel' must be a list"),
+    ({"pck_curve": {"alphas": [0.1], "pck": "x"}}, "'pck_curve' must hold two lists"),
+    ({"output": "folder"}, "is a folder"),
+    ({"output": "unwritable"}, "--output folder"),
+])
+def test_compare_runs_malformed_input_is_one_line(tmp_path, capsys, change, needle):
+    compare = _compare_runs()
+    run = tmp_path / "run"
+    run.mkdir()
+    output = tmp_path / "cmp.png"
+    if change.get("output") == "folder":
+        output = tmp_path
+    elif change.get("output") == "unwritable":
+        output = tmp_path / "file" / "cmp.png"
+        (tmp_path / "file").write_text("a file where the folder should be")
+    results = {**GOOD_RESULTS, **{k: v for k, v in change.items() if k != "output"}}
+    (run / "results.json").write_text(json.dumps(results))
+    with pytest.raises(SystemExit) as done:
+        run_cli(compare.main, [str(run), "--output", str(output)])
+    assert_one_line_error(done.value.code, capsys.readouterr().err, needle)
+    assert not (tmp_path / "cmp.png").exists()
+
+
+def test_compare_runs_accepts_the_good_record(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(GOOD_RESULTS))
+    assert _compare_runs().main([str(run), "--output", str(tmp_path / "cmp.png")]) == 0
+    assert "| run | demo | ? | random | 2,3 | 40.00 | 60.50 |" in capsys.readouterr().out

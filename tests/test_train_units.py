@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import math
 
 import pytest
@@ -116,14 +115,13 @@ def test_checkpoint_weights_only_keep_last_and_resume_auto(tmp_path):
         assert ckpt["config"] == cfg
         parts = {k.split(".")[1] for k in ckpt["state_dict"]}
         assert parts == {"encoder_q", "encoder_k", "queue", "queue_ptr"}
-    log = logging.getLogger("test")
-    assert newest_valid_checkpoint(tmp_path.parent / "nothing", None, log) is None
+    assert newest_valid_checkpoint(tmp_path.parent / "nothing", None).found is None
     run = tmp_path.parent
     (run / "checkpoints").mkdir(exist_ok=True)
     for f in tmp_path.iterdir():
         (run / "checkpoints" / f.name).write_bytes(f.read_bytes())
     ckpt_dir = run / "checkpoints"
-    assert newest_valid_checkpoint(ckpt_dir, None, log) == (ckpt_dir / "step_0000008.pth", 8)
+    assert newest_valid_checkpoint(ckpt_dir, None).found == (ckpt_dir / "step_0000008.pth", 8)
     with pytest.raises(UserError, match="no such checkpoint"):
         resume_file(str(run / "missing.pth"))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
 import time
 
 import pytest
@@ -81,7 +82,7 @@ def test_random_weights_follow_the_seed():
 
 
 @pytest.mark.parametrize("content", ["garbage", "unknown_keys", "not_a_dict", "pickled_object", "bad_shapes",
-                                     "missing"])
+                                     "missing", "plain_pickle"])
 def test_bad_checkpoints_give_one_line_errors(tmp_path, content):
     path = tmp_path / "bad.pth"
     if content == "garbage":
@@ -96,10 +97,14 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path, content):
         sd = _net().state_dict()
         sd["conv1.weight"] = torch.zeros(3, 3)
         torch.save(sd, path)
+    elif content == "plain_pickle":  # a legacy file written by pickle, not torch.save
+        path.write_bytes(pickle.dumps({"state_dict": {"w": 1}}, protocol=4))
     with pytest.raises(UserError) as err:
         load_resnet("auto", str(path))
     message = str(err.value)
     assert "\n" not in message and str(path) in message
+    if content == "plain_pickle":  # whole, not cut off mid-sentence
+        assert message.endswith("not a torch.save checkpoint that can be read without running untrusted code")
     if content == "unknown_keys":
         assert "module.encoder_q." in message and "conv1.weight" in message
 

@@ -141,7 +141,9 @@ def check_train_settings(cfg: TrainConfig, overrides: list[str] | tuple[str, ...
     rules = {"optim.lr": check_non_negative, "optim.final_lr": check_non_negative,
              "optim.momentum": check_non_negative, "optim.weight_decay": check_non_negative,
              "optim.gamma": check_positive, "optim.warmup_epochs": check_non_negative,
-             "optim.clip_grad_norm": check_positive, "max_steps": at_least(1), "num_workers": at_least(0),
+             "optim.clip_grad_norm": check_positive, "optim.clip_grad_norm_per_term": check_positive,
+             "moco.loss_weight": check_non_negative, "cycle.loss_weight": check_non_negative,
+             "max_steps": at_least(1), "num_workers": at_least(0),
              "steps_per_epoch": at_least(1), "image_data.image_size": at_least(16),
              "pixel_data.image_size": at_least(16), "moco.temperature": check_positive,
              "moco.momentum": check_finite}

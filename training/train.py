@@ -22,7 +22,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="YAML preset, e.g. configs/train/pfpascal_r50.yaml")
     parser.add_argument("--output-dir", default=None, help="run folder (default runs/<run name>)")
     parser.add_argument("--resume", default=None,
-                        help="'auto' = newest valid checkpoint of this run (fresh start if none), or a path")
+                        help="'auto' = newest valid checkpoint of this run (a fresh start in a folder "
+                             "without checkpoint files), or a path")
     parser.add_argument("--overwrite", action="store_true",
                         help="move an existing run in the run folder aside (to <folder>.old-<time>) first")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")

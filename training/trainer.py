@@ -27,6 +27,7 @@ from configs.runtime import (
     barrier,
     get_logger,
     init_distributed,
+    release_output_dir,
     seed_everything,
     set_faithful_numerics,
     synchronize,
@@ -283,6 +284,8 @@ def train(cfg: TrainConfig, output_dir: str | Path | None = None, resume: str | 
                 t_data = time.perf_counter()
     finally:
         logger.close()
+        if info.is_main:
+            release_output_dir(out_dir)  # taken by open_run_folder
     return {"step": step, "output_dir": str(out_dir), "checkpoint": str(last_path) if last_path else None,
             "last_metrics": last_record, "run": run_info, "finite": all(
                 math.isfinite(v) for k, v in last_record.items() if k in LOSS_KEYS and isinstance(v, float))}

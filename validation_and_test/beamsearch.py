@@ -9,7 +9,8 @@ Split: `val` by default; PF-WILLOW has none, so it searches `test` and flags sea
 matching flags given here), so a found set scores the same in the `test.py` run printed at the end.
 `--bases 0-3 --duplicate break` reproduces the original's search (bases range(beam), `break`).
 Writes `search.json` (best set, every scored set, settings, split, weights) to `--output-dir`
-(default `runs/search/<dataset>-<score>-<time>`).
+(default `runs/search/<dataset>-<score>-<time>`); a folder holding a complete `search.json` is refused
+unless `--overwrite`, and one in use by another run is refused (`.lock`), as for `test.py`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="feature cache budget (all block maps of every image, native resolution)")
     search.add_argument("--progress", action="store_true", help="print every set as it is scored")
     search.add_argument("--output-dir", dest="search_output_dir", default=None)
+    search.add_argument("--overwrite", action="store_true",
+                        help="replace a complete search.json in --output-dir")
     cyc = p.add_argument_group("label-free score (--score cycle)")
     cyc.add_argument("--crop-seed", dest="crop_seed", type=int, default=0,
                      help="crops: rng([seed, pair index])")
@@ -77,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cycle = CycleScoreSettings(seed=args.crop_seed, patch=args.patch, rotate_deg=args.rotate,
                                flip_prob=args.flip_prob, temperature=args.temperature)
     run_layer_search(cfg, beam, args.score, args.search_alpha, cycle, args.search_output_dir, preset,
-                     args.config, fell_back, args.search_cache_mb, progress=args.progress)
+                     args.config, fell_back, args.search_cache_mb, progress=args.progress,
+                     overwrite=args.overwrite)
     return 0
 
 

@@ -225,10 +225,12 @@ def run_layer_search(cfg: EvalConfig, beam: BeamSettings, score: Literal["pck", 
                      alpha: float = 0.1, cycle: Optional[Any] = None, output_dir: Optional[str] = None,
                      preset: str = "", config_path: Optional[str] = None, split_fell_back: bool = False,
                      cache_mb: float = 8192.0, sample_cache_mb: float = 1024.0, progress: bool = False,
-                     echo: Callable[[str], None] = print) -> dict[str, Any]:
+                     echo: Callable[[str], None] = print, overwrite: bool = False) -> dict[str, Any]:
     """Build data, weights and scorer from `cfg` (split = `cfg.split`, first `cfg.max_pairs` pairs), run
     `beam_search`, print the table per depth (and every set as scored with `progress`) and write
     `search.json` (atomically, after every depth with `complete: false`, then final). Returns its dict.
+    The output folder is claimed as `test.py` claims its own: one holding a complete `search.json` is refused
+    unless `overwrite`, and one in use by another run is refused (its `.lock`).
 
     `cache_mb`: block maps (+ CAM) of every image, on the device; `sample_cache_mb`: decoded pairs (PCK).
     The cycle score's frame follows `cfg` (resize rule and long side), overriding `cycle`'s.
@@ -237,7 +239,8 @@ def run_layer_search(cfg: EvalConfig, beam: BeamSettings, score: Literal["pck", 
     from configs import REPO_ROOT
     from configs.runtime import (
         atomic_write_json,
-        check_writable_dir,
+        claim_output_dir,
+        release_output_dir,
         resolve_device,
         set_faithful_numerics,
         unique_suffix,
@@ -250,9 +253,9 @@ def run_layer_search(cfg: EvalConfig, beam: BeamSettings, score: Literal["pck", 
 
     if score not in ("pck", "cycle"):
         raise UserError(f"--score must be pck or cycle, got {score!r}")
-    # the output folder is checked before any work; the default name is unique (time + random suffix)
-    out_dir = check_writable_dir(output_dir or REPO_ROOT / "runs" / "search" /
-                                 f"{cfg.dataset}-{score}-{unique_suffix()}", "--output-dir")
+    # the output folder is claimed before any work; the default name is unique (time + random suffix)
+    out_dir = claim_output_dir(output_dir or REPO_ROOT / "runs" / "search" /
+                               f"{cfg.dataset}-{score}-{unique_suffix()}", overwrite, marker="search.json")
     device = resolve_device(cfg.device)
     numerics = set_faithful_numerics(device, cfg.fast)
     dataset = build_dataset(cfg.dataset, cfg.datapath, cfg.split)
@@ -336,6 +339,7 @@ def run_layer_search(cfg: EvalConfig, beam: BeamSettings, score: Literal["pck", 
     result = beam_search(scorer, n_ids, beam, on_candidate=on_candidate, on_depth=on_depth)
     doc = document(result, result.scored, result.beams, True)
     atomic_write_json(out_dir / "search.json", doc)
+    release_output_dir(out_dir)
     echo(f"best: {','.join(map(str, result.best.ids))}  score {result.best.score:.4f}  "
          f"({len(result.scored)} sets scored in {doc['elapsed_s']:.1f} s) -> {out_dir / 'search.json'}")
     if "test_command" in doc:
