@@ -1,0 +1,95 @@
+"""timm models by name, with their weights: timm's own pretrained loading, seeded random, or a state dict.
+
+    net, record = load_timm("vit_small_patch14_dinov2.lvd142m", "random", seed=0)
+
+`weights`: "imagenet" (= the model's published weights through timm, which downloads them from the
+Hugging Face hub, caches and checks them), "random" (`torch.manual_seed(seed)` before building) or a path
+to a timm state dict (plain, or under `state_dict` / `model`; strict load, `weights_only=True`).
+Every failure a user can cause is a one-line `UserError` naming the model and what to do. ViTs are built
+with `dynamic_img_size=True` (any input size a multiple of the patch size).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from configs.runtime import UserError, file_digest
+
+TIMM_PREFIX = "timm:"
+
+
+def timm_name(backbone: str) -> str | None:
+    """"timm:NAME" -> NAME; anything else -> None."""
+    return backbone[len(TIMM_PREFIX):] if backbone.startswith(TIMM_PREFIX) else None
+
+
+def _build(name: str, pretrained: bool) -> nn.Module:
+    import timm
+
+    kwargs: dict[str, Any] = {}
+    base = name.split(".")[0]
+    if base.startswith(("vit_", "deit", "eva")):
+        kwargs["dynamic_img_size"] = True
+    return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+def check_timm_name(name: str) -> None:
+    """One-line `UserError` for a name timm does not know."""
+    import timm
+
+    if not name or not timm.is_model(name):
+        stem = name.split(".")[0].split("_")[0] if name else ""
+        raise UserError(f"unknown timm model {name!r}: list the names with python -c \"import timm; "
+                        f"print(timm.list_models('{stem}*', pretrained=True))\"")
+
+
+def load_timm(name: str, weights: str = "imagenet", seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
+    """Build timm model `name` with `weights` (module docstring) in eval mode on the CPU.
+    Returns (model, record) where record identifies the weights for results files."""
+    import torch
+
+    check_timm_name(name)
+    if weights == "random":
+        torch.manual_seed(seed)
+        return _build(name, False).eval(), {"weights": "random", "seed": int(seed), "arch": f"timm:{name}"}
+    if weights == "imagenet":
+        hint = (f"timm:{name}: its pretrained weights cannot be fetched here (no cached copy, no network); "
+                f"run once on a machine online (timm caches them under $HF_HOME), or pass --weights PATH "
+                f"(a timm state dict) or --weights random")
+        if os.environ.get("CC_NO_DOWNLOAD", "") not in ("", "0"):
+            raise UserError(hint)
+        try:
+            net = _build(name, True)
+        except (OSError, RuntimeError, ValueError) as err:  # hub offline / unreachable / missing file
+            raise UserError(f"{hint} [{type(err).__name__}]") from err
+        cfg = getattr(net, "pretrained_cfg", {}) or {}
+        return net.eval(), {"weights": "timm-pretrained", "name": name, "arch": f"timm:{name}",
+                            "hf_hub_id": cfg.get("hf_hub_id"), "url": cfg.get("url") or None}
+    return _load_file(name, Path(weights))
+
+
+def _load_file(name: str, path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    from models.weights import check_finite_weights, read_checkpoint
+
+    obj = read_checkpoint(path)
+    for key in ("state_dict", "model"):
+        if isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+    check_finite_weights(sd, str(path))
+    net = _build(name, False)
+    try:
+        missing, unexpected = net.load_state_dict(sd, strict=False)
+    except RuntimeError as err:
+        detail = str(err).strip().splitlines()[-1].strip()[:200]
+        raise UserError(f"{path}: tensors do not fit timm:{name}: {detail}") from err
+    if missing or unexpected:
+        raise UserError(f"{path}: does not match timm:{name}: missing keys {missing[:3]}, unexpected keys "
+                        f"{unexpected[:3]} (give the state dict of this very model)")
+    return net.eval(), {"weights": str(path), "kind": "timm", "sha256": file_digest(path),
+                        "arch": f"timm:{name}"}
