@@ -200,7 +200,8 @@ def beam_settings_json(settings: BeamSettings, n_ids: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- the run
 SEARCH_FORMAT = "layer-search/v1"
 MATCH_FLAGS = (("thres", "--thres"), ("sim", "--sim"), ("exp1", "--exp1"), ("exp2", "--exp2"),
-               ("eps", "--eps"), ("sinkhorn_iters", "--sinkhorn-iters"), ("classmap", "--classmap"))
+               ("eps", "--eps"), ("sinkhorn_iters", "--sinkhorn-iters"), ("classmap", "--classmap"),
+               ("matcher", "--matcher"))
 
 
 def reproduce_command(cfg: EvalConfig, ids: Sequence[int], n_pairs: int, alpha: float, arch: str,

@@ -132,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         **settings_record(cfg, thres=thres, arch=arch, weights=weights_record, numerics=numerics,
                           preset=preset, matcher=matcher),
         "world_size": info.world_size, "timings": result.timings, "feature_cache": result.cache,
+        **({"feature_cache_disk": matcher.disk.stats()} if matcher.disk is not None else {}),
         "pck_curve": pck_curve,
     }
     atomic_write_text(out_dir / "per_pair.csv", per_pair_csv(result.rows, cfg.alpha))
