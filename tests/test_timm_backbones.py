@@ -126,9 +126,11 @@ def test_timm_resnet50_predicts_exactly_as_torchvision_resnet50(tmp_path, demo_t
     torch.manual_seed(3)
     tv = torchvision.models.resnet50(weights=None)
     sd = tv.state_dict()
-    timm_keys = set(timm.create_model("resnet50", pretrained=False).state_dict())
-    mapped = {k: v for k, v in sd.items()}  # timm's resnet50 uses torchvision's names (conv1, bn1, layer1..., fc)
-    assert set(mapped) == timm_keys
+    timm_keys = timm.create_model("resnet50", pretrained=False).state_dict()
+    # timm's resnet50 uses torchvision's names (conv1, bn1, layer1.0.conv1, downsample.0, fc): the map is 1:1
+    mapped = dict(sd)
+    assert set(mapped) == set(timm_keys)
+    assert all(mapped[k].shape == v.shape for k, v in timm_keys.items())
     torch.save(sd, tmp_path / "tv.pth")
     torch.save(mapped, tmp_path / "timm.pth")
     a, _ = load_backbone("resnet50", str(tmp_path / "tv.pth"))
@@ -139,7 +141,7 @@ def test_timm_resnet50_predicts_exactly_as_torchvision_resnet50(tmp_path, demo_t
     settings = MatchSettings(long_side=96)
     ma, mb = Matcher(a, settings), Matcher(b, settings)
     for i in range(2):
-        pa, pb = ma.predict_pair(demo_test[i], (2, 12, 13, 15)), mb.predict_pair(demo_test[i], (2, 12, 13, 15))
+        pa, pb = (m.predict_pair(demo_test[i], (2, 12, 13, 15)) for m in (ma, mb))
         torch.testing.assert_close(pa.pred, pb.pred, rtol=0, atol=0, equal_nan=True)
     fa = ma.image_features(demo_test[0]["src_img"], (2, 12, 13, 15))
     fb = mb.image_features(demo_test[0]["src_img"], (2, 12, 13, 15))
@@ -312,7 +314,7 @@ def test_one_line_errors(tiny_config, tmp_path, capsys, monkeypatch):
         (main, ["--backbone", "timm:not_a_model_xyz", "--hyperpixel", "1"], "unknown timm model"),
         (main, ["--backbone", VIT, "--hyperpixel", "12"], "ids 0..11"),
         (main, ["--backbone", VIT], "--hyperpixel"),  # the preset's ids belong to resnet18
-        (main, ["--backbone", VIT, "--hyperpixel", "3", "--weights", "imagenet"], "timm:vit_tiny_patch16_224"),
+        (main, ["--backbone", VIT, "--hyperpixel", "3", "--weights", "imagenet"], "vit_tiny_patch16_224:"),
         (main, ["--backbone", VIT, "--hyperpixel", "3", "--weights", str(tmp_path / "r18.pth")],
          "does not match"),
         (main, ["--backbone", "timm:mobilenetv3_small_050", "--hyperpixel", "1"], "ResNets and Vision"),
