@@ -250,8 +250,10 @@ def hyper_image(maps: dict[int, torch.Tensor], ids: Sequence[int]) -> torch.Tens
 
 def resnet_features(net: ResNet, x: torch.Tensor, stage: str = "layer3", block: int = -1,
                     relu: bool = True) -> torch.Tensor:
-    """Output of block `block` of ResNet stage `stage` (post- or pre-ReLU): (B, C, H/stride, W/stride)."""
-    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+    """Output of block `block` of ResNet stage `stage` (post- or pre-ReLU): (B, C, H/stride, W/stride);
+    a torchvision or timm ResNet."""
+    act = net.relu if isinstance(net, ResNet) else net.act1
+    x = net.maxpool(act(net.bn1(net.conv1(x))))
     for name in ("layer1", "layer2", "layer3", "layer4"):
         layer = getattr(net, name)
         if name != stage:

@@ -27,14 +27,24 @@ def timm_name(backbone: str) -> str | None:
     return backbone[len(TIMM_PREFIX):] if backbone.startswith(TIMM_PREFIX) else None
 
 
-def _build(name: str, pretrained: bool) -> nn.Module:
+def _build(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
     import timm
 
-    kwargs: dict[str, Any] = {}
     base = name.split(".")[0]
     if base.startswith(("vit_", "deit", "eva")):
         kwargs["dynamic_img_size"] = True
     return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+def build_timm(name: str, num_classes: int | None = None) -> nn.Module:
+    """Randomly initialised timm model `name` (a name check first), optionally with a `num_classes` head."""
+    check_timm_name(name)
+    return _build(name, False, **({} if num_classes is None else {"num_classes": num_classes}))
+
+
+def is_vit(net: nn.Module) -> bool:
+    """A timm Vision Transformer (patch embedding + blocks + `forward_intermediates`)."""
+    return all(hasattr(net, a) for a in ("patch_embed", "blocks", "forward_intermediates"))
 
 
 def check_timm_name(name: str) -> None:
@@ -72,17 +82,47 @@ def load_timm(name: str, weights: str = "imagenet", seed: int = 0) -> tuple[nn.M
     return _load_file(name, Path(weights))
 
 
+def init_from_timm(moco: nn.Module, arch: str) -> dict[str, Any]:
+    """Load timm's published weights of `arch` ("timm:NAME") into `moco.encoder_q` and `moco.encoder_k`
+    (the classifier stays fresh: ours is moco.dim wide). Returns the record for run.json."""
+    name = timm_name(arch)
+    if name is None:
+        raise UserError(f"init.kind=timm needs moco.arch=timm:NAME, got {arch}")
+    net, record = load_timm(name, "imagenet")
+    head = (getattr(net, "pretrained_cfg", None) or {}).get("classifier") or "head"
+    sd = {k: v for k, v in net.state_dict().items() if not k.startswith(f"{head}.")}
+    for enc in (moco.encoder_q, moco.encoder_k):
+        missing, unexpected = enc.load_state_dict(sd, strict=False)
+        if unexpected or any(not k.startswith(f"{head}.") for k in missing):
+            raise UserError(f"timm:{name}: its pretrained weights do not fit the encoder ({missing[:3]}, "
+                            f"{unexpected[:3]})")
+    return {"kind": "timm", **record}
+
+
+def _shape(t: Any) -> tuple[int, ...] | None:
+    return None if t is None else tuple(t.shape)
+
+
 def _load_file(name: str, path: Path) -> tuple[nn.Module, dict[str, Any]]:
     from models.weights import check_finite_weights, read_checkpoint
 
-    obj = read_checkpoint(path)
+    ckpt = read_checkpoint(path)
+    obj = ckpt
     for key in ("state_dict", "model"):
         if isinstance(obj.get(key), dict):
             obj = obj[key]
             break
+    query = "module.encoder_q."  # our training checkpoints: the query encoder
+    if any(k.startswith(query) for k in obj):
+        obj = {k[len(query):]: v for k, v in obj.items() if k.startswith(query)}
     sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
     check_finite_weights(sd, str(path))
     net = _build(name, False)
+    head = (getattr(net, "pretrained_cfg", None) or {}).get("classifier") or "head"
+    head_w = sd.get(f"{head}.weight")  # a head of another size (ours: moco.dim) or none: build it so
+    current = getattr(net.get_classifier(), "weight", None)
+    if _shape(head_w) != _shape(current):
+        net = _build(name, False, num_classes=0 if head_w is None else int(head_w.shape[0]))
     try:
         missing, unexpected = net.load_state_dict(sd, strict=False)
     except RuntimeError as err:
@@ -91,5 +131,6 @@ def _load_file(name: str, path: Path) -> tuple[nn.Module, dict[str, Any]]:
     if missing or unexpected:
         raise UserError(f"{path}: does not match timm:{name}: missing keys {missing[:3]}, unexpected keys "
                         f"{unexpected[:3]} (give the state dict of this very model)")
+    step = ckpt.get("step") if isinstance(ckpt.get("step"), int) else None
     return net.eval(), {"weights": str(path), "kind": "timm", "sha256": file_digest(path),
-                        "arch": f"timm:{name}"}
+                        "arch": f"timm:{name}", "step": step}

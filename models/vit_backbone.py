@@ -42,6 +42,13 @@ def token_boxes(grid: tuple[int, int], size: tuple[int, int], device: torch.devi
     return boxes.float(), centers.float()
 
 
+def vit_block_tokens(net: nn.Module, x: torch.Tensor, block: int) -> torch.Tensor:
+    """Patch tokens (B, C, H/p, W/p) of block `block` (negative: from the end) of timm ViT `net` for images
+    x (B, 3, H, W) whose sides are multiples of the patch size p (the training crops)."""
+    return net.forward_intermediates(x, indices=[block % len(net.blocks)], norm=False, stop_early=True,
+                                     output_fmt="NCHW", intermediates_only=True)[0]
+
+
 class ViTHyperpixels(nn.Module):
     """Wrap a timm `VisionTransformer` built with `dynamic_img_size=True` (kept as `.net`)."""
 

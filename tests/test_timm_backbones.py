@@ -332,3 +332,60 @@ def test_one_line_errors(tiny_config, tmp_path, capsys, monkeypatch):
     code, err = _cli(main, base + ["--backbone", VIT, "--hyperpixel", "3", "--weights", "imagenet"], capsys)
     assert "cannot be fetched" in err and "--weights random" in err
 
+
+
+# ------------------------------------------------------------------------------------------ training
+TRAIN_TINY = ["moco.arch=timm:vit_tiny_patch16_224", "init.kind=random", "pixel_data.dataset=demo",
+              "pixel_data.image_size=64", "cycle.patch_size=32", "cycle.feature_block=5", "pair_batch_size=2",
+              "epochs=1", "steps_per_epoch=2", "num_workers=0", "checkpoint.every_steps=1", "log.interval=1",
+              "log.vis_interval=0", "log.tensorboard=false", "log.progress=false"]
+
+
+def test_pixel_level_fine_tuning_of_a_vit_runs_and_its_checkpoint_evaluates(tmp_path, tiny_config):
+    """The DINOv2 config's path at tiny size: vit_tiny, demo trn pairs, no image stream, two steps; the
+    checkpoint then evaluates through test.py with exactly its trained query encoder."""
+    from models.backbones import load_backbone
+    from training.metrics import read_metrics
+    from training.train import main as train
+    from validation_and_test.test import main as test
+
+    out = tmp_path / "run"
+    assert train(["--config", "configs/train/spair_dinov2_s14.yaml", "--device", "cpu", "--output-dir",
+                  str(out), *TRAIN_TINY]) == 0
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss_cycle"]) for r in rows)
+    assert all("loss_moco" not in r for r in rows)
+    ckpt = torch.load(out / "checkpoints" / "last.pth", weights_only=True)
+    assert ckpt["arch"] == "timm:vit_tiny_patch16_224" and ckpt["step"] == 2
+    trained = {k[len("module.encoder_q."):]: v for k, v in ckpt["state_dict"].items()
+               if k.startswith("module.encoder_q.")}
+    fresh, _ = load_backbone(VIT, "random", 0)
+    assert not torch.equal(trained["blocks.5.mlp.fc1.weight"], fresh.net.state_dict()["blocks.5.mlp.fc1.weight"])
+    loaded, record = load_backbone(VIT, str(out / "checkpoints" / "last.pth"))
+    assert record["step"] == 2
+    for k, v in loaded.net.state_dict().items():
+        assert torch.equal(v, trained[k]), k
+    assert test(["--config", tiny_config, "--backbone", VIT, "--weights", str(out / "checkpoints" / "last.pth"),
+                 "--hyperpixel", "5", "--max-pairs", "1", "--device", "cpu", "--no-plots", "--output-dir",
+                 str(tmp_path / "eval")]) == 0
+
+
+def test_training_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    from training.train import main as train
+
+    base = ["--config", "configs/train/spair_dinov2_s14.yaml", "--device", "cpu", *TRAIN_TINY]
+    monkeypatch.setenv("CC_NO_DOWNLOAD", "1")
+    cases = [
+        (["moco.loss_weight=1.0", "image_data.source=demo"], "moco.loss_weight=0"),  # MoCo is for ResNets
+        (["moco.loss_weight=1.0"], "image_data.source=none"),
+        (["cycle.feature_stage=layer3"], "cycle.feature_stage=block"),
+        (["cycle.feature_block=12"], "blocks 0..11"),
+        (["cycle.patch_size=24"], "multiple of the patch size 16"),
+        (["init.kind=timm"], "vit_tiny_patch16_224:"),
+        (["moco.arch=resnet18"], "cycle.feature_stage=block is for ViTs"),
+    ]
+    for k, (extra, needle) in enumerate(cases):
+        code, err = _cli(train, [*base, *extra, "--output-dir", str(tmp_path / str(k))], capsys)
+        last = err.strip().splitlines()[-1]
+        assert code == 2 and last.startswith("error: ") and needle in last and "Traceback" not in err, (
+            extra, err)
