@@ -360,13 +360,15 @@ def test_pixel_level_fine_tuning_of_a_vit_runs_and_its_checkpoint_evaluates(tmp_
     trained = {k[len("module.encoder_q."):]: v for k, v in ckpt["state_dict"].items()
                if k.startswith("module.encoder_q.")}
     fresh, _ = load_backbone(VIT, "random", 0)
-    assert not torch.equal(trained["blocks.5.mlp.fc1.weight"], fresh.net.state_dict()["blocks.5.mlp.fc1.weight"])
+    key = "blocks.5.mlp.fc1.weight"
+    assert not torch.equal(trained[key], fresh.net.state_dict()[key])  # the two steps changed the encoder
     loaded, record = load_backbone(VIT, str(out / "checkpoints" / "last.pth"))
     assert record["step"] == 2
     for k, v in loaded.net.state_dict().items():
         assert torch.equal(v, trained[k]), k
-    assert test(["--config", tiny_config, "--backbone", VIT, "--weights", str(out / "checkpoints" / "last.pth"),
-                 "--hyperpixel", "5", "--max-pairs", "1", "--device", "cpu", "--no-plots", "--output-dir",
+    last = str(out / "checkpoints" / "last.pth")
+    assert test(["--config", tiny_config, "--backbone", VIT, "--weights", last, "--hyperpixel", "5",
+                 "--max-pairs", "1", "--device", "cpu", "--no-plots", "--output-dir",
                  str(tmp_path / "eval")]) == 0
 
 
