@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
 from configs.runtime import UserError
 from models.backbone import Backbone, HyperpixelBackbone
 from models.timm_models import load_timm, timm_name
@@ -28,6 +30,10 @@ def wrap_timm(net: Any, name: str) -> Backbone:
     kind = type(net).__name__
     label = f"timm:{name}"
     if kind == "ResNet" and type(net).__module__.startswith("timm."):
+        if any(not isinstance(getattr(b, "aa", None), nn.Identity) for layer in
+               (net.layer1, net.layer2, net.layer3, net.layer4) for b in layer):
+            raise UserError(f"{label}: anti-aliased downsampling (aa layers) moves the strides that the "
+                            f"hyperpixel geometry reads from the convolutions; use a plain ResNet")
         return HyperpixelBackbone(net, label, id_family=resnet_family(net) or label)
     if hasattr(net, "forward_intermediates") and hasattr(net, "blocks") and hasattr(net, "patch_embed"):
         from models.vit_backbone import ViTHyperpixels

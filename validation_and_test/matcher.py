@@ -35,7 +35,6 @@ from validation_and_test.preprocess import prepare_image, scale_keypoints
 
 GEO_SIMS = ("OTGeo", "cosGeo")
 OT_SIMS = ("OTGeo", "OT")
-MATCHERS = ("scot", "nn", "nn-mutual")
 
 
 @dataclass(frozen=True)
