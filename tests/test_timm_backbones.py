@@ -341,6 +341,7 @@ TRAIN_TINY = ["moco.arch=timm:vit_tiny_patch16_224", "init.kind=random", "pixel_
               "log.vis_interval=0", "log.tensorboard=false", "log.progress=false"]
 
 
+@pytest.mark.slow
 def test_pixel_level_fine_tuning_of_a_vit_runs_and_its_checkpoint_evaluates(tmp_path, tiny_config):
     """The DINOv2 config's path at tiny size: vit_tiny, demo trn pairs, no image stream, two steps; the
     checkpoint then evaluates through test.py with exactly its trained query encoder."""
