@@ -342,9 +342,16 @@ TRAIN_TINY = ["moco.arch=timm:vit_tiny_patch16_224", "init.kind=random", "pixel_
 
 
 @pytest.mark.slow
-def test_pixel_level_fine_tuning_of_a_vit_runs_and_its_checkpoint_evaluates(tmp_path, tiny_config):
-    """The DINOv2 config's path at tiny size: vit_tiny, demo trn pairs, no image stream, two steps; the
-    checkpoint then evaluates through test.py with exactly its trained query encoder."""
+@pytest.mark.parametrize("arch, extra, key, ids", [
+    (VIT, [], "blocks.5.mlp.fc1.weight", "5"),
+    ("timm:resnet18", ["moco.arch=timm:resnet18", "cycle.feature_stage=layer2", "cycle.feature_block=-1"],
+     "layer2.1.conv2.weight", "3"),
+])
+def test_pixel_level_fine_tuning_runs_and_its_checkpoint_evaluates(arch, extra, key, ids, tmp_path,
+                                                                   tiny_config):
+    """The DINOv2 config's path at tiny size (vit_tiny; and a timm ResNet-18 at a ResNet stage): demo trn
+    pairs, no image stream, two steps; the checkpoint then evaluates through test.py with exactly its
+    trained query encoder."""
     from models.backbones import load_backbone
     from training.metrics import read_metrics
     from training.train import main as train
@@ -352,23 +359,21 @@ def test_pixel_level_fine_tuning_of_a_vit_runs_and_its_checkpoint_evaluates(tmp_
 
     out = tmp_path / "run"
     assert train(["--config", "configs/train/spair_dinov2_s14.yaml", "--device", "cpu", "--output-dir",
-                  str(out), *TRAIN_TINY]) == 0
+                  str(out), *TRAIN_TINY, *extra]) == 0
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss_cycle"]) for r in rows)
     assert all("loss_moco" not in r for r in rows)
-    ckpt = torch.load(out / "checkpoints" / "last.pth", weights_only=True)
-    assert ckpt["arch"] == "timm:vit_tiny_patch16_224" and ckpt["step"] == 2
-    trained = {k[len("module.encoder_q."):]: v for k, v in ckpt["state_dict"].items()
-               if k.startswith("module.encoder_q.")}
-    fresh, _ = load_backbone(VIT, "random", 0)
-    key = "blocks.5.mlp.fc1.weight"
-    assert not torch.equal(trained[key], fresh.net.state_dict()[key])  # the two steps changed the encoder
-    loaded, record = load_backbone(VIT, str(out / "checkpoints" / "last.pth"))
+    ckpts = [torch.load(out / "checkpoints" / f"step_000000{k}.pth", weights_only=True) for k in (1, 2)]
+    assert ckpts[1]["arch"] == arch and ckpts[1]["step"] == 2
+    q = "module.encoder_q."
+    trained = {k[len(q):]: v for k, v in ckpts[1]["state_dict"].items() if k.startswith(q)}
+    assert not torch.equal(ckpts[0]["state_dict"][q + key], trained[key])  # the second step trained it
+    last = str(out / "checkpoints" / "last.pth")
+    loaded, record = load_backbone(arch, last)
     assert record["step"] == 2
     for k, v in loaded.net.state_dict().items():
         assert torch.equal(v, trained[k]), k
-    last = str(out / "checkpoints" / "last.pth")
-    assert test(["--config", tiny_config, "--backbone", VIT, "--weights", last, "--hyperpixel", "5",
+    assert test(["--config", tiny_config, "--backbone", arch, "--weights", last, "--hyperpixel", ids,
                  "--max-pairs", "1", "--device", "cpu", "--no-plots", "--output-dir",
                  str(tmp_path / "eval")]) == 0
 
