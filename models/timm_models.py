@@ -11,10 +11,14 @@ with `dynamic_img_size=True` (any input size a multiple of the patch size).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from configs.runtime import UserError, file_digest
@@ -60,8 +64,6 @@ def check_timm_name(name: str) -> None:
 def load_timm(name: str, weights: str = "imagenet", seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
     """Build timm model `name` with `weights` (module docstring) in eval mode on the CPU.
     Returns (model, record) where record identifies the weights for results files."""
-    import torch
-
     check_timm_name(name)
     if weights == "random":
         torch.manual_seed(seed)
@@ -72,13 +74,17 @@ def load_timm(name: str, weights: str = "imagenet", seed: int = 0) -> tuple[nn.M
                 f"(a timm state dict) or --weights random")
         if os.environ.get("CC_NO_DOWNLOAD", "") not in ("", "0"):
             raise UserError(hint)
-        try:
-            net = _build(name, True)
+        from models.weights import _host_resolves
+
+        try:  # without a reachable hub, only a cached copy (no retries against an unreachable host)
+            with _hub_offline(not _host_resolves("https://huggingface.co", 10.0)):
+                net = _build(name, True)
         except (OSError, RuntimeError, ValueError) as err:  # hub offline / unreachable / missing file
             raise UserError(f"{hint} [{type(err).__name__}]") from err
         cfg = getattr(net, "pretrained_cfg", {}) or {}
         return net.eval(), {"weights": "timm-pretrained", "name": name, "arch": f"timm:{name}",
-                            "hf_hub_id": cfg.get("hf_hub_id"), "url": cfg.get("url") or None}
+                            "hf_hub_id": cfg.get("hf_hub_id"), "url": cfg.get("url") or None,
+                            "tensors_sha256": state_digest(net)}
     return _load_file(name, Path(weights))
 
 
@@ -97,6 +103,33 @@ def init_from_timm(moco: nn.Module, arch: str) -> dict[str, Any]:
             raise UserError(f"timm:{name}: its pretrained weights do not fit the encoder ({missing[:3]}, "
                             f"{unexpected[:3]})")
     return {"kind": "timm", **record}
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """Hugging Face hub offline mode (cache only) for the duration, when `offline`."""
+    try:
+        import huggingface_hub.constants as hub
+    except ImportError:
+        offline = False
+    if not offline:
+        yield
+        return
+    old = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = old
+
+
+def state_digest(net: nn.Module) -> str:
+    """sha256 over the names, shapes and bytes of a model's state (the weights' identity, e.g. for caches)."""
+    h = hashlib.sha256()
+    for key, value in net.state_dict().items():
+        h.update(f"{key}{tuple(value.shape)}{value.dtype}".encode())
+        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _shape(t: Any) -> tuple[int, ...] | None:

@@ -301,6 +301,65 @@ def test_test_py_feature_cache_flag(tiny_config, tmp_path):
     assert a["pck"] == b["pck"]
 
 
+# ------------------------------------------------------------------------------------------ weights
+def test_pretrained_weights_come_from_timms_cache_offline(tmp_path):
+    """`--weights imagenet` is timm's own loading: with the file in the Hugging Face cache layout and no
+    network, exactly those tensors are loaded (and their digest recorded)."""
+    import subprocess
+    import sys
+
+    import timm
+    from helpers import ENV, REPO
+    from safetensors.torch import save_file
+
+    net = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    repo = net.pretrained_cfg["hf_hub_id"]
+    torch.manual_seed(5)
+    state = {k: torch.randn_like(v) for k, v in net.state_dict().items()}
+    snapshot = tmp_path / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / "c0ffee"
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("c0ffee")
+    save_file(state, str(snapshot / "model.safetensors"))
+    torch.save(state, tmp_path / "expected.pt")
+    code = ("import torch; from models.backbones import load_backbone; "
+            f"b, rec = load_backbone('{VIT}', 'imagenet'); e = torch.load(r'{tmp_path / 'expected.pt'}'); "
+            "assert all(torch.equal(v, e[k]) for k, v in b.net.state_dict().items()); "
+            "print(rec['weights'], rec['hf_hub_id'], rec['tensors_sha256'])")
+    env = {**ENV, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env.pop("CC_NO_DOWNLOAD", None)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    kind, hub_id, digest = proc.stdout.split()
+    assert (kind, hub_id) == ("timm-pretrained", repo) and len(digest) == 64
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vit_small_patch14_dinov2.lvd142m", "vit_small_patch14_reg4_dinov2.lvd142m",
+                                  "vit_base_patch16_224.dino", "vit_base_patch16_clip_224.openai",
+                                  "vit_base_patch16_224.mae", "resnet50.a1_in1k"])
+def test_every_named_example_matches_offline_with_random_weights(name, demo_test):
+    from models.backbones import load_backbone
+    from validation_and_test.matcher import Matcher, MatchSettings
+
+    backbone, record = load_backbone(f"timm:{name}", "random", 0)
+    vit = name.startswith("vit")
+    assert record["weights"] == "random" and backbone.n_ids == (12 if vit else 17)
+    if "reg4" in name:
+        assert backbone.net.num_prefix_tokens == 5  # CLS + 4 registers, all dropped
+    ids = (9, 11) if vit else (2, 12, 13, 15)
+    matcher = Matcher(backbone, MatchSettings(long_side=96))
+    pred = matcher.predict_pair(demo_test[0], ids).pred
+    assert pred.shape == demo_test[0]["src_kps"].shape and bool(torch.isfinite(pred).all())
+    patch = 14 if "patch14" in name else 16
+    feats = matcher.image_features(demo_test[0]["src_img"], ids)
+    assert matcher.cam_on == (not vit)
+    if vit:
+        width, height = feats.size
+        assert feats.grid == (round(height / patch), round(width / patch))
+
+
 # ------------------------------------------------------------------------------------------ errors
 def test_one_line_errors(tiny_config, tmp_path, capsys, monkeypatch):
     from validation_and_test.beamsearch import main as search
