@@ -15,7 +15,7 @@ from torch import nn
 
 from configs.runtime import UserError
 from models.backbone import Backbone, HyperpixelBackbone
-from models.timm_models import load_timm, timm_name
+from models.timm_models import is_vit, load_timm, timm_name
 from models.weights import ARCH_BLOCKS, load_resnet
 
 
@@ -35,7 +35,7 @@ def wrap_timm(net: Any, name: str) -> Backbone:
             raise UserError(f"{label}: anti-aliased downsampling (aa layers) moves the strides that the "
                             f"hyperpixel geometry reads from the convolutions; use a plain ResNet")
         return HyperpixelBackbone(net, label, id_family=resnet_family(net) or label)
-    if hasattr(net, "forward_intermediates") and hasattr(net, "blocks") and hasattr(net, "patch_embed"):
+    if is_vit(net):
         from models.vit_backbone import ViTHyperpixels
 
         return ViTHyperpixels(net, label)

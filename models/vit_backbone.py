@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.backbone import BlockMaps
+from models.timm_models import is_vit
 
 
 def vit_input_size(height: int, width: int, patch: int) -> tuple[int, int]:
@@ -56,7 +57,7 @@ class ViTHyperpixels(nn.Module):
 
     def __init__(self, net: nn.Module, name: str):
         super().__init__()
-        if not hasattr(net, "forward_intermediates") or not hasattr(net, "blocks"):
+        if not is_vit(net):
             raise TypeError(f"{name} is not a timm VisionTransformer")
         self.net = net
         self.name = self.id_family = name
