@@ -26,6 +26,7 @@ setup(
         "tensorboard>=2.12",
         "tqdm>=4.64",
         "matplotlib>=3.6",
+        "timm>=1.0.3",
     ],
     extras_require={
         "test": ["pytest>=7.0", "ruff>=0.4", "pot>=0.9"],

@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from configs.runtime import UserError
-from models.cycle import CycleConfig, cycle_loss
+from models.cycle import CycleConfig, check_encoder, cycle_loss
 from models.moco import MoCo, MoCoConfig, topk_accuracy_tensors
+from models.timm_models import is_vit
 
 
 class ContrastiveCorrespondence(MoCo):
@@ -40,11 +41,10 @@ class ContrastiveCorrespondence(MoCo):
                  generator: Optional[torch.Generator] = None) -> None:
         super().__init__(moco_cfg, generator)
         self.cycle_cfg = cycle_cfg
-        # fail early on a feature block that does not exist in this arch
-        layer = getattr(self.encoder_q, cycle_cfg.feature_stage)
-        if not -len(layer) <= cycle_cfg.feature_block < len(layer):
-            raise UserError(f"cycle.feature_block={cycle_cfg.feature_block} is out of range for "
-                            f"{moco_cfg.arch}.{cycle_cfg.feature_stage} ({len(layer)} blocks)")
+        check_encoder(self.encoder_q, cycle_cfg, moco_cfg.arch)  # fail early on settings that do not fit
+        if is_vit(self.encoder_q) and moco_cfg.loss_weight > 0:
+            raise UserError(f"moco.arch={moco_cfg.arch} is a ViT: the MoCo branch is for ResNets; "
+                            f"set moco.loss_weight=0 (pixel-level branch only)")
 
     def forward(self, im_q: Optional[torch.Tensor], im_k: Optional[torch.Tensor], src: Optional[torch.Tensor],
                 trg: Optional[torch.Tensor], generator: torch.Generator,

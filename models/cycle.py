@@ -13,10 +13,12 @@ rotation, attention-guided crop, cell ground truth with validity, geometry in `m
 `models.backbone.resnet_features` (step 7), `soft_argmax_walk` (steps 8-10), `masked_coordinate_mse`
 (step 11).
 
-`encoder_q` is a torchvision ResNet (the MoCo query encoder); `src`, `trg`: (B, 3, S, S) ImageNet-normalised
-pairs (S = 224 in the paper). All random draws (flip, rotation angle, optional crop jitter) come from
-`generator` (per rank under DDP), in this order: flip (B), angle (B), then (B, 2) uniforms only if
-crop_centre is "random", then jitter (B, 2) only if jitter > 0.
+`encoder_q` is a ResNet (torchvision or timm; the MoCo query encoder) or a timm ViT (then
+`feature_stage: block` and `feature_block` is the block id whose patch tokens are phi, the attention comes
+from the last block's tokens, and the stride is the patch size); `src`, `trg`: (B, 3, S, S)
+ImageNet-normalised pairs (S = 224 in the paper). All random draws (flip, rotation angle, optional crop
+jitter) come from `generator` (per rank under DDP), in this order: flip (B), angle (B), then (B, 2)
+uniforms only if crop_centre is "random", then jitter (B, 2) only if jitter > 0.
 
 Coordinates: (x, y) in pixels of the un-augmented S x S source, continuous (pixel i covers [i, i+1)); source
 cell j at column u, row v has centre s * (u + 1/2, v + 1/2) with s the feature stride.
@@ -46,6 +48,8 @@ from models.crop import (
     tracking_grid,
     warp,
 )
+from models.timm_models import is_vit
+from models.vit_backbone import vit_block_tokens
 
 
 @dataclass
@@ -56,7 +60,8 @@ class CycleConfig:
     changed (Cycle branch)."""
 
     loss_weight: float = 5e-4          # lambda_cyc (paper: 5e-4 PF-PASCAL / SPair, 5e-5 PF-WILLOW)
-    feature_stage: Literal["layer1", "layer2", "layer3", "layer4"] = "layer3"  # ResNet stage giving phi
+    feature_stage: Literal["layer1", "layer2", "layer3", "layer4", "block"] = "layer3"  # ResNet stage giving
+    #                                    phi; "block": a ViT, phi = the patch tokens of block feature_block
     feature_block: int = -1            # block of that stage (-1 = last; id 13 on ResNet-50 = layer3 last)
     feature_relu: bool = True          # phi after the block's final ReLU (paper's training); False = pre-ReLU
     normalize_features: bool = True    # L2-normalise phi along channels (--norm true)
@@ -80,7 +85,7 @@ class CycleConfig:
     centre_loss_weight: float = 0.0    # lambda_c of the UVC concentration term (paper: 0, i.e. not computed)
 
     def __post_init__(self) -> None:
-        if self.patch_size % STAGE_STRIDE[self.feature_stage]:
+        if self.feature_stage != "block" and self.patch_size % STAGE_STRIDE[self.feature_stage]:
             raise ValueError(f"cycle.patch_size={self.patch_size} must be a multiple of the "
                              f"{self.feature_stage} stride {STAGE_STRIDE[self.feature_stage]}")
         if self.temperature <= 0:
@@ -119,6 +124,39 @@ def self_attention(f4: torch.Tensor, pooled: Optional[torch.Tensor] = None) -> t
     return (F.normalize(g, dim=1)[:, :, None, None] * F.normalize(f4, dim=1)).sum(dim=1)
 
 
+def feature_stride(net: nn.Module, cfg: CycleConfig) -> int:
+    """Stride (px) of phi: the patch size of a ViT, else the ResNet stage's."""
+    return int(net.patch_embed.patch_size[0]) if is_vit(net) else STAGE_STRIDE[cfg.feature_stage]
+
+
+def attention_stride(net: nn.Module) -> int:
+    """Stride (px) of the attention features: a ViT's patch size, a ResNet's layer4 (32)."""
+    return int(net.patch_embed.patch_size[0]) if is_vit(net) else STAGE_STRIDE["layer4"]
+
+
+def check_encoder(net: nn.Module, cfg: CycleConfig, what: str) -> None:
+    """A `UserError` when the cycle settings do not fit encoder `net` (named `what`)."""
+    if is_vit(net):
+        n, p = len(net.blocks), attention_stride(net)
+        if cfg.feature_stage != "block" or not -n <= cfg.feature_block < n:
+            raise UserError(f"{what} is a ViT with blocks 0..{n - 1}: set cycle.feature_stage=block and "
+                            f"cycle.feature_block to one of them")
+        if cfg.patch_size % p:
+            raise UserError(f"cycle.patch_size={cfg.patch_size} must be a multiple of the patch size {p}")
+        return
+    if cfg.feature_stage == "block":
+        raise UserError(f"cycle.feature_stage=block is for ViTs; {what} is a ResNet (use layer1..layer4)")
+    layer = getattr(net, cfg.feature_stage)
+    if not -len(layer) <= cfg.feature_block < len(layer):
+        raise UserError(f"cycle.feature_block={cfg.feature_block} is out of range for "
+                        f"{what}.{cfg.feature_stage} ({len(layer)} blocks)")
+
+
+def _final_features(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The attention's features: a ResNet's layer4 output, a ViT's last-block patch tokens (B, C, h, w)."""
+    return vit_block_tokens(net, images, -1) if is_vit(net) else resnet_features(net, images, "layer4")
+
+
 @torch.no_grad()
 def attention_map(net: torchvision.models.ResNet, images: torch.Tensor, norm: str = "image", groups: int = 1,
                   bn: str = "eval") -> torch.Tensor:
@@ -129,9 +167,9 @@ def attention_map(net: torchvision.models.ResNet, images: torch.Tensor, norm: st
     two passes in the network's current mode. Returns (B, H/32, W/32) in [0, 1].
     """
     with batchnorm_eval(net, enabled=(bn == "eval")):
-        f4 = resnet_features(net, images, "layer4")
+        f4 = _final_features(net, images)
         if bn == "train":  # the released code runs a second full pass for the pooled vector
-            g = resnet_features(net, images, "layer4").float().mean(dim=(2, 3))
+            g = _final_features(net, images).float().mean(dim=(2, 3))
         else:
             g = f4.float().mean(dim=(2, 3))
     with _no_autocast(images.device):
@@ -188,18 +226,18 @@ class CropSample:
 
 @torch.no_grad()
 def augment_and_crop(src: torch.Tensor, attn: torch.Tensor, cfg: CycleConfig,
-                     generator: torch.Generator) -> CropSample:
+                     generator: torch.Generator, stride: Optional[int] = None) -> CropSample:
     """Steps 2-6: tracking grid, flip and rotation of (image, grid, validity, attention), attention-guided
-    crop, cell ground truth. src (B, 3, S, S); attn (B, h, w) attention of the un-augmented source.
-    Computed in fp32 (autocast off)."""
+    crop, cell ground truth. src (B, 3, S, S); attn (B, h, w) attention of the un-augmented source; stride
+    of phi (default: the ResNet stage's). Computed in fp32 (autocast off)."""
     with _no_autocast(src.device):
-        return _augment_and_crop(src, attn, cfg, generator)
+        return _augment_and_crop(src, attn, cfg, generator, stride or STAGE_STRIDE[cfg.feature_stage])
 
 
 def _augment_and_crop(src: torch.Tensor, attn: torch.Tensor, cfg: CycleConfig,
-                      generator: torch.Generator) -> CropSample:
+                      generator: torch.Generator, stride: int) -> CropSample:
     b, _, size, _ = src.shape
-    stride, patch = STAGE_STRIDE[cfg.feature_stage], cfg.patch_size
+    patch = cfg.patch_size
     attn_up = F.interpolate(attn[:, None].float(), size=(size, size), mode="nearest")
     flip, angle = sample_augmentation(b, cfg, generator, src.device)
     theta = augmentation_theta(flip, angle)
@@ -238,7 +276,10 @@ def concentration_loss(points: torch.Tensor, valid: torch.Tensor) -> torch.Tenso
 # ---------------------------------------------------------------- the loss
 
 def _flat_features(net: nn.Module, x: torch.Tensor, cfg: CycleConfig) -> tuple[torch.Tensor, tuple[int, int]]:
-    f = resnet_features(net, x, cfg.feature_stage, cfg.feature_block, cfg.feature_relu)
+    if is_vit(net):
+        f = vit_block_tokens(net, x, cfg.feature_block)
+    else:
+        f = resnet_features(net, x, cfg.feature_stage, cfg.feature_block, cfg.feature_relu)
     if cfg.normalize_features:
         f = F.normalize(f.float() if cfg.fp32_affinity else f, dim=1)
     return f.flatten(2), (f.shape[2], f.shape[3])
@@ -254,17 +295,18 @@ def cycle_loss(encoder: torchvision.models.ResNet, src: torch.Tensor, trg: torch
         raise UserError(f"cycle branch needs square source/target batches of equal shape, got "
                         f"{tuple(src.shape)} and {tuple(trg.shape)}")
     size = src.shape[-1]
-    if size % 32 or cfg.patch_size > size:
-        raise UserError(f"cycle branch: image side {size} must be a multiple of 32 and "
+    att = attention_stride(encoder)
+    if size % att or cfg.patch_size > size:
+        raise UserError(f"cycle branch: image side {size} must be a multiple of {att} and "
                         f">= cycle.patch_size={cfg.patch_size}")
     device = src.device
 
     # 1. attention (no gradient); 2-6. flip, rotation, attention-guided crop, dense ground truth
     if cfg.crop_centre == "random":  # the attention would not be used: skip its pass (zeros in figures)
-        attn = src.new_zeros(src.shape[0], size // 32, size // 32, dtype=torch.float32)
+        attn = src.new_zeros(src.shape[0], size // att, size // att, dtype=torch.float32)
     else:
         attn = attention_map(encoder, src, cfg.attention_norm, bn_groups, cfg.attention_bn)
-    sample = augment_and_crop(src, attn, cfg, generator)
+    sample = augment_and_crop(src, attn, cfg, generator, feature_stride(encoder, cfg))
     crop_img, gt, valid = sample.crop, sample.gt, sample.valid
 
     # 7. features with gradient (separate passes, as the released code: BN statistics per pass)

@@ -37,6 +37,7 @@ import torchvision
 from torch import nn
 
 from configs.runtime import UserError
+from models.timm_models import TIMM_PREFIX, build_timm, timm_name
 from models.weights import ARCH_BLOCKS
 
 
@@ -44,7 +45,7 @@ from models.weights import ARCH_BLOCKS
 class MoCoConfig:
     """Image-level branch; defaults = MoCo v1 as used by the paper (docs/method.md, Objective)."""
 
-    arch: str = "resnet50"            # torchvision ResNet (resnet18/34/50/101/152, resnext*, wide_resnet*)
+    arch: str = "resnet50"            # torchvision ResNet (ARCH_BLOCKS) or timm:NAME (ResNet or ViT)
     dim: int = 128                    # embedding dimension of the fc head
     queue_size: int = 65536           # K, number of negative keys kept in the queue
     momentum: float = 0.999           # m in theta_k <- m theta_k + (1 - m) theta_q
@@ -55,9 +56,9 @@ class MoCoConfig:
     loss_weight: float = 1.0          # lambda_moco in L = lambda_moco L_moco + lambda_cyc L_cyc
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCH_BLOCKS:
-            raise ValueError(f"moco.arch {self.arch!r} is not a supported torchvision ResNet "
-                             f"({', '.join(ARCH_BLOCKS)})")
+        if self.arch not in ARCH_BLOCKS and not self.arch.startswith(TIMM_PREFIX):
+            raise ValueError(f"moco.arch {self.arch!r} is neither a supported torchvision ResNet "
+                             f"({', '.join(ARCH_BLOCKS)}) nor timm:NAME")
         for name in ("dim", "queue_size", "bn_splits"):
             if getattr(self, name) < 1:
                 raise ValueError(f"moco.{name} must be >= 1, got {getattr(self, name)}")
@@ -112,8 +113,15 @@ class SplitBatchNorm(nn.BatchNorm2d):
 
 
 def build_encoder(arch: str, dim: int = 128, mlp: bool = False,
-                  bn_splits: int = 1) -> torchvision.models.ResNet:
-    """A randomly initialised torchvision ResNet, fc -> `dim` (Linear, or the v2 MLP); BN = SplitBatchNorm."""
+                  bn_splits: int = 1) -> nn.Module:
+    """A randomly initialised torchvision ResNet, fc -> `dim` (Linear, or the v2 MLP); BN = SplitBatchNorm.
+    `timm:NAME`: timm's model with a `dim`-way linear head (no v2 MLP, no split-BN)."""
+    name = timm_name(arch)
+    if name is not None:
+        if mlp or bn_splits > 1:
+            raise UserError(f"moco.arch={arch}: moco.mlp and moco.bn_splits > 1 are for torchvision ResNets "
+                            f"only; set moco.mlp=false moco.bn_splits=1")
+        return build_timm(name, num_classes=dim)
     if arch not in ARCH_BLOCKS:
         raise UserError(f"unknown ResNet arch {arch!r}; choose one of {', '.join(ARCH_BLOCKS)}")
     norm = partial(SplitBatchNorm, num_splits=bn_splits) if bn_splits > 1 else nn.BatchNorm2d

@@ -25,7 +25,9 @@ from models.moco import MoCoConfig
 class ImageDataConfig:
     """Image-level branch data: an ImageFolder (labels ignored) seen as two augmented views."""
 
-    source: Literal["imagefolder", "demo"] = "imagefolder"  # demo = data.demo.demo_imagefolder()
+    source: Literal["imagefolder", "demo", "none"] = "imagefolder"  # demo = data.demo.demo_imagefolder();
+    #                                    none: no image stream (pixel branch only, moco.loss_weight 0; an
+    #                                    epoch is then one pass over the pairs)
     root: str = "../ImageNet2012/train"  # ImageFolder root when source == imagefolder
     aug: Literal["v1", "v2"] = "v1"      # MoCo v1 augmentation (paper) or v2 ("aug_plus")
     image_size: int = 224
@@ -81,7 +83,7 @@ class LogConfig:
 class InitConfig:
     """Initial weights of both encoders (and the queue when the checkpoint has one)."""
 
-    kind: Literal["checkpoint", "random"] = "checkpoint"
+    kind: Literal["checkpoint", "random", "timm"] = "checkpoint"  # timm: moco.arch's published weights
     checkpoint: str = "pretrained_models/moco.pth.tar"  # MoCo, torchvision or our checkpoint file
     load_queue: bool = True              # MoCo checkpoints carry a queue; False = seeded re-initialisation
 

@@ -22,7 +22,7 @@ from training.samplers import ImageStreamSampler, MixedBatchSampler, PairStreamS
 class TrainingSources(Dataset):
     """Index with `("img", i)` or `("pair", j)`; `set_epoch` reaches the image augmentation."""
 
-    def __init__(self, images: Dataset, pairs: Dataset) -> None:
+    def __init__(self, images: Dataset | None, pairs: Dataset) -> None:
         self.images, self.pairs = images, pairs
 
     def set_epoch(self, epoch: int) -> None:
@@ -30,7 +30,7 @@ class TrainingSources(Dataset):
             self.images.set_epoch(epoch)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.images if self.images is not None else self.pairs)
 
     def __getitem__(self, key: tuple[str, int]) -> tuple[str, dict[str, Any]]:
         kind, index = key
@@ -132,21 +132,32 @@ class TrainingData:
 
 def build_training_data(cfg: TrainConfig, info: DistInfo, images: Dataset | None = None,
                         pairs: PairSelection | None = None) -> TrainingData:
-    """Datasets, rank-disjoint seeded samplers and the DataLoader (one per rank)."""
-    images = images if images is not None else build_image_dataset(cfg.image_data, cfg.seed)
+    """Datasets, rank-disjoint seeded samplers and the DataLoader (one per rank). With
+    `image_data.source: none` there is no image stream and an epoch is one pass over the pairs."""
+    pixel_only = cfg.image_data.source == "none"
+    if pixel_only and cfg.moco.loss_weight != 0:
+        raise UserError("image_data.source=none leaves the MoCo branch without images: set "
+                        "moco.loss_weight=0")
+    if images is None and not pixel_only:
+        images = build_image_dataset(cfg.image_data, cfg.seed)
     pairs = pairs if pairs is not None else build_pair_dataset(cfg.pixel_data)
-    n_img = len(images)
-    per_rank = n_img // info.world_size
-    steps = per_rank // cfg.batch_size
+    n_img = len(images) if images is not None else 0
+    if pixel_only:
+        steps = pairs.num_pairs // info.world_size // cfg.pair_batch_size
+    else:
+        steps = n_img // info.world_size // cfg.batch_size
     if cfg.steps_per_epoch is not None:
         steps = min(steps, cfg.steps_per_epoch)
     if steps < 1:
-        raise UserError(f"image_data: {n_img} images are fewer than one batch per rank "
-                        f"({info.world_size} ranks x batch_size {cfg.batch_size}); lower batch_size")
-    img_sampler = ImageStreamSampler(n_img, info.rank, info.world_size, cfg.seed)
+        what = (f"pixel_data: {pairs.num_pairs} pairs" if pixel_only else f"image_data: {n_img} images")
+        batch = "pair_batch_size" if pixel_only else "batch_size"
+        raise UserError(f"{what} are fewer than one batch per rank ({info.world_size} ranks x {batch} "
+                        f"{getattr(cfg, batch)}); lower {batch}")
+    img_sampler = None if pixel_only else ImageStreamSampler(n_img, info.rank, info.world_size, cfg.seed)
     pair_sampler = PairStreamSampler(pairs.num_pairs, steps * cfg.pair_batch_size, info.rank, info.world_size,
                                      cfg.seed)
-    sampler = MixedBatchSampler(img_sampler, pair_sampler, cfg.batch_size, cfg.pair_batch_size, steps)
+    sampler = MixedBatchSampler(img_sampler, pair_sampler, 0 if pixel_only else cfg.batch_size,
+                                cfg.pair_batch_size, steps)
     sources = TrainingSources(images, pairs.dataset)
     loader = DataLoader(sources, batch_sampler=sampler, num_workers=cfg.num_workers,
                         collate_fn=collate_training, pin_memory=info.device.type == "cuda",

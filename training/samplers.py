@@ -118,29 +118,32 @@ class MixedBatchSampler(Sampler[list[tuple[str, int]]]):
     `set_start(step_in_epoch)` skips the batches already consumed, in both streams.
     """
 
-    def __init__(self, images: ImageStreamSampler, pairs: PairStreamSampler, batch_size: int,
+    def __init__(self, images: ImageStreamSampler | None, pairs: PairStreamSampler, batch_size: int,
                  pair_batch_size: int, steps: int) -> None:
-        if images.length < steps * batch_size or pairs.length < steps * pair_batch_size:
-            raise ValueError(f"streams too short for {steps} steps: images {images.length}, "
+        n_images = images.length if images is not None else 0  # None: no image stream (batch_size 0)
+        if n_images < steps * batch_size or pairs.length < steps * pair_batch_size:
+            raise ValueError(f"streams too short for {steps} steps: images {n_images}, "
                              f"pairs {pairs.length}")
         self.images, self.pairs = images, pairs
         self.batch_size, self.pair_batch_size, self.steps = batch_size, pair_batch_size, steps
         self.start_step = 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.images.set_epoch(epoch)
+        if self.images is not None:
+            self.images.set_epoch(epoch)
         self.pairs.set_epoch(epoch)
 
     def set_start(self, step_in_epoch: int) -> None:
         self.start_step = int(step_in_epoch)
-        self.images.set_start(self.start_step * self.batch_size)
+        if self.images is not None:
+            self.images.set_start(self.start_step * self.batch_size)
         self.pairs.set_start(self.start_step * self.pair_batch_size)
 
     def __len__(self) -> int:
         return max(self.steps - self.start_step, 0)
 
     def __iter__(self) -> Iterator[list[tuple[str, int]]]:
-        img = iter(self.images)
+        img = iter(self.images) if self.images is not None else iter(())
         pair = iter(self.pairs)
         for _ in range(len(self)):
             yield ([("img", next(img)) for _ in range(self.batch_size)]

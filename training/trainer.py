@@ -140,6 +140,11 @@ def train(cfg: TrainConfig, output_dir: str | Path | None = None, resume: str | 
     if resume_path is None and cfg.init.kind == "checkpoint":
         init_report = init_from_checkpoint(model, cfg.init.checkpoint, load_queue=cfg.init.load_queue)
         log.info(init_report.summary())
+    timm_init = None
+    if resume_path is None and cfg.init.kind == "timm":
+        from models.timm_models import init_from_timm
+
+        timm_init = init_from_timm(model, cfg.moco.arch)
     model.to(info.device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -169,7 +174,8 @@ def train(cfg: TrainConfig, output_dir: str | Path | None = None, resume: str | 
         if changed:
             log.warning("resuming with a config that differs from the checkpoint in: %s", ", ".join(changed))
     init_record = ({"resumed_from": str(resume_path)} if resume_path is not None else
-                   init_report.as_dict() if init_report is not None else {"kind": "random", "seed": cfg.seed})
+                   init_report.as_dict() if init_report is not None else
+                   timm_init or {"kind": "random", "seed": cfg.seed})
     run_info = {"name": name, "transductive": cfg.pixel_data.transductive,
                 "pixel_data": f"{cfg.pixel_data.dataset}/{cfg.pixel_data.split}",
                 "world_size": info.world_size, "per_rank_batch": cfg.batch_size,

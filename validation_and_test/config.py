@@ -3,7 +3,8 @@ flags shared by `test.py` and `beamsearch.py` (`eval_parent_parser`, DINO-style 
 
 Precedence: dataclass defaults <- `configs/eval/<dataset>.yaml` (or `--config`) <- command-line flags.
 A preset's `preset_backbone` names the architecture its hyperpixel ids were chosen for; using another
-backbone without explicit ids is an error (ids mean different blocks in another ResNet).
+backbone without explicit ids is an error (ids mean different blocks in another ResNet); a timm ResNet with
+the same blocks (`timm:resnet50.a1_in1k`) shares the ids of its torchvision twin.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from configs.runtime import UserError
 from configs.schema import build_config, load_yaml
 from configs.validate import check_values
 from data import DATASETS
+from models.backbones import check_backbone_name
 from models.weights import ARCH_BLOCKS
 
 EVAL_PRESET_DIR = CONFIG_DIR / "eval"
@@ -31,8 +33,8 @@ class EvalConfig:
     datapath: Optional[str] = None  # None: $DATASETS else ./Datasets_SCOT (demo: its cache folder)
     split: Literal["trn", "val", "test"] = "test"
     pfpascal_kps: Literal["mat", "csv"] = "mat"  # csv: test_pairs.csv columns (thres img; not comparable)
-    backbone: str = "auto"  # auto (the checkpoint's architecture) or a key of models.weights.ARCH_BLOCKS
-    weights: str = "imagenet"  # imagenet | random | checkpoint path
+    backbone: str = "auto"  # auto (the checkpoint's architecture), a key of ARCH_BLOCKS, or timm:NAME
+    weights: str = "imagenet"  # imagenet (timm: the model's published weights) | random | checkpoint path
     preset_backbone: str = "resnet50"  # architecture the preset's hyperpixel ids refer to
     hyperpixel: list[int] = field(default_factory=lambda: [2, 12, 13, 15])
     alpha: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.15])
@@ -45,6 +47,8 @@ class EvalConfig:
     sinkhorn_solver: Literal["auto", "scot", "log"] = "auto"  # auto: scot for 1 iteration, else log
     classmap: int = 1
     similarity: Literal["factorised", "dense"] = "factorised"  # dense: (N, D) hyperpixel product (reference)
+    matcher: Literal["scot", "nn", "nn-mutual"] = "scot"  # nn: nearest neighbour on the cosine
+    feature_cache: Optional[str] = None  # folder of the on-disk per-image feature cache (None: off)
     hpf: bool = False  # HPF mode: downscale-only resize, margin pruning, RHM on max(0, cos)^3 votes
     long_side: int = 300
     max_pairs: Optional[int] = None
@@ -68,6 +72,7 @@ class EvalConfig:
             raise ValueError(f"alpha must be a non-empty list of positive numbers, got {self.alpha}")
         if self.max_pairs is not None and self.max_pairs < 1:
             raise ValueError(f"max_pairs must be >= 1, got {self.max_pairs}")
+        check_backbone_name(self.backbone)
 
     @property
     def solver(self) -> str:
@@ -115,13 +120,19 @@ def eval_parent_parser(data_flags: bool = True) -> argparse.ArgumentParser:
         data.add_argument("--max-pairs", dest="max_pairs", type=int, default=d,
                           help="first N pairs in split order")
     model = p.add_argument_group("model")
-    model.add_argument("--backbone", choices=("auto", *ARCH_BLOCKS), default=d,
-                       help="auto: the checkpoint's architecture, else resnet50")
-    model.add_argument("--weights", default=d, help="imagenet (torchvision IMAGENET1K_V1), random, or a "
-                                                    "checkpoint path (MoCo / torchvision / ours)")
+    model.add_argument("--backbone", type=_backbone_flag, default=d,
+                       metavar="{auto," + ",".join(ARCH_BLOCKS) + ",timm:NAME}",
+                       help="auto: the checkpoint's architecture, else resnet50; timm:NAME: any timm ResNet "
+                            "or ViT, e.g. timm:vit_small_patch14_dinov2.lvd142m")
+    model.add_argument("--weights", default=d,
+                       help="imagenet (torchvision IMAGENET1K_V1; timm: the model's published weights), "
+                            "random, or a checkpoint path (MoCo / torchvision / ours / a timm state dict)")
     model.add_argument("--seed", type=int, default=d, help="seed of --weights random")
     match = p.add_argument_group("matching (defaults: the dataset's preset)")
     match.add_argument("--thres", choices=("auto", "img", "bbox"), default=d, help="PCK reference length")
+    match.add_argument("--matcher", choices=("scot", "nn", "nn-mutual"), default=d,
+                       help="scot: OT + RHM (the settings below); nn: nearest neighbour on the cosine, "
+                            "nn-mutual: only mutual nearest neighbours transfer keypoints")
     match.add_argument("--sim", choices=("OTGeo", "OT", "cosGeo", "cos"), default=d,
                        help="matching confidence")
     match.add_argument("--exp1", type=float, default=d, help="cosine power (cos, cosGeo)")
@@ -140,8 +151,18 @@ def eval_parent_parser(data_flags: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--fast", action="store_true", default=d,
                      help="TF32 on CUDA; backbone and CAM in bf16 on CUDA and AMX CPUs (changes numbers; "
                           "recorded)")
+    run.add_argument("--feature-cache", dest="feature_cache", default=d,
+                     help="folder of an on-disk per-image feature cache (keyed by image, backbone, weights, "
+                          "resolution, ids)")
     run.add_argument("--config", default=None, help="YAML preset replacing configs/eval/<dataset>.yaml")
     return p
+
+
+def _backbone_flag(text: str) -> str:
+    try:
+        return check_backbone_name(text)
+    except UserError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def resolve_config(args: argparse.Namespace) -> tuple[EvalConfig, str, bool]:
@@ -162,13 +183,14 @@ def resolve_config(args: argparse.Namespace) -> tuple[EvalConfig, str, bool]:
 
 
 def check_backbone(cfg: EvalConfig, preset: str, ids_given: bool, arch: Optional[str] = None) -> None:
-    """A preset's ids belong to `cfg.preset_backbone`: another backbone (flag or checkpoint `arch`) needs
-    explicit ids (ids mean different blocks)."""
+    """A preset's ids belong to `cfg.preset_backbone`: another backbone (flag or the loaded backbone's
+    `id_family`) needs explicit ids (ids mean different blocks). timm names are checked once loaded."""
     if ids_given:
         return
-    if cfg.backbone not in ("auto", cfg.preset_backbone):
+    if cfg.backbone not in ("auto", cfg.preset_backbone) and not cfg.backbone.startswith("timm:"):
         raise UserError(f"{preset} holds hyperpixel ids for {cfg.preset_backbone}, not {cfg.backbone}: give "
                         f"--hyperpixel explicitly (ids mean different blocks) or use a {cfg.backbone} preset")
     if arch is not None and arch != cfg.preset_backbone:
         raise UserError(f"{preset} holds hyperpixel ids for {cfg.preset_backbone} but the weights are a "
-                        f"{arch}: give --hyperpixel explicitly or --backbone {cfg.preset_backbone}")
+                        f"{arch}: give --hyperpixel explicitly (e.g. block ids 8-11 of a ViT) or --backbone "
+                        f"{cfg.preset_backbone}")

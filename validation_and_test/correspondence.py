@@ -23,10 +23,10 @@ import torch
 
 from configs.runtime import UserError, resolve_device, set_faithful_numerics, synchronize
 from data.io import MIN_IMAGE_SIDE, pil_to_uint8_tensor
-from models.backbone import HyperpixelBackbone, validate_ids
-from models.transfer import keypoint_neighbours, transfer_from_best
-from models.weights import load_resnet
+from models.backbone import validate_ids
+from models.backbones import load_backbone
 from validation_and_test.config import CONFIG_KEYS, EvalConfig, check_backbone, resolve_config
+from validation_and_test.feature_store import disk_feature_cache
 from validation_and_test.keypoints_io import check_inside, grid_keypoints
 from validation_and_test.matcher import ImageFeatures, Matcher, MatchSettings
 from validation_and_test.preprocess import scale_keypoints
@@ -106,11 +106,12 @@ class Correspondence:
         self.preset = preset
         self.device = resolve_device(cfg.device)
         self.numerics = set_faithful_numerics(self.device, cfg.fast)
-        model, self.arch, self.weights_record = load_resnet(cfg.backbone, cfg.weights, cfg.seed)
-        check_backbone(cfg, preset, ids_given, self.arch)
-        backbone = HyperpixelBackbone(model, self.arch)
+        backbone, self.weights_record = load_backbone(cfg.backbone, cfg.weights, cfg.seed)
+        self.arch = backbone.name
+        check_backbone(cfg, preset, ids_given, backbone.id_family)
         self.ids = validate_ids(cfg.hyperpixel, backbone.n_ids)
-        self.matcher = Matcher(backbone, MatchSettings.from_config(cfg), self.device, cache_mb=0.0)
+        self.matcher = Matcher(backbone, MatchSettings.from_config(cfg), self.device, cache_mb=0.0,
+                               disk_cache=disk_feature_cache(cfg.feature_cache, self.weights_record))
         self.numerics["precision"] = self.matcher.precision(self.numerics["precision"])
 
     @classmethod
@@ -133,7 +134,7 @@ class Correspondence:
         """Settings and weights identity in the form of results.json."""
         return {"hyperpixel": list(self.ids), **settings_record(
             self.cfg, thres=None, arch=self.arch, weights=self.weights_record, numerics=self.numerics,
-            preset=self.preset)}
+            preset=self.preset, matcher=self.matcher)}
 
     def salient_box(self, features: ImageFeatures) -> tuple[float, float, float, float]:
         """Box (x1, y1, x2, y2) in resized pixels around the hyperpixels of above-minimum CAM weight
@@ -169,11 +170,13 @@ class Correspondence:
                                                           dtype=torch.float32))
         conf = m.confidence(src, trg)
         kps = scale_keypoints(src_kps.to(self.device), src.scale)
-        best_votes, best = conf.max(dim=1)
-        share = best_votes / conf.sum(dim=1).clamp_min(torch.finfo(conf.dtype).tiny)  # (Ns,)
+        pred, n_neighbours, best, inside = m.transfer(conf, src, trg, kps)  # as predict_pair
+        best_votes = conf.max(dim=1).values
+        if m.settings.nn:  # the cosine of the match, clamped at 0
+            share = best_votes.clamp(0, 1)
+        else:  # the share of the vote mass
+            share = best_votes / conf.sum(dim=1).clamp_min(torch.finfo(conf.dtype).tiny)  # (Ns,)
         del conf
-        inside = keypoint_neighbours(src.boxes, kps)  # (K, Ns)
-        pred, n_neighbours = transfer_from_best(best, inside, src.boxes, trg.boxes, kps)  # as predict_pair
         kp_conf = (inside.to(share.dtype) @ share) / n_neighbours.to(share.dtype)  # NaN: no box holds it
         dense = DenseMatches(src_points=(src.centers / src.scale).cpu(),
                              trg_points=(trg.centers[best] / trg.scale).cpu(), confidence=share.cpu(),

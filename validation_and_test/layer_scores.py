@@ -188,6 +188,9 @@ class CycleScore:
     def __init__(self, backbone: HyperpixelBackbone, dataset: Any, indices: Sequence[int],
                  settings: CycleScoreSettings = CycleScoreSettings(), device: torch.device | str = "cpu",
                  cache_mb: float = 4096.0):
+        if not isinstance(backbone, HyperpixelBackbone):  # its cell centres assume a ResNet's integer grid
+            raise UserError(f"--score cycle is defined for ResNet backbones, not {backbone.name}; "
+                            f"use --score pck")
         self.device = torch.device(device)
         self.backbone = backbone.to(self.device).eval()
         self.dataset = dataset

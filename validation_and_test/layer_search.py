@@ -200,7 +200,8 @@ def beam_settings_json(settings: BeamSettings, n_ids: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- the run
 SEARCH_FORMAT = "layer-search/v1"
 MATCH_FLAGS = (("thres", "--thres"), ("sim", "--sim"), ("exp1", "--exp1"), ("exp2", "--exp2"),
-               ("eps", "--eps"), ("sinkhorn_iters", "--sinkhorn-iters"), ("classmap", "--classmap"))
+               ("eps", "--eps"), ("sinkhorn_iters", "--sinkhorn-iters"), ("classmap", "--classmap"),
+               ("matcher", "--matcher"))
 
 
 def reproduce_command(cfg: EvalConfig, ids: Sequence[int], n_pairs: int, alpha: float, arch: str,
@@ -246,9 +247,9 @@ def run_layer_search(cfg: EvalConfig, beam: BeamSettings, score: Literal["pck", 
         unique_suffix,
     )
     from data import build_dataset
-    from models.backbone import HyperpixelBackbone
-    from models.weights import load_resnet
+    from models.backbones import load_backbone
     from validation_and_test.evaluate import Matcher, MatchSettings, shard_indices
+    from validation_and_test.feature_store import disk_feature_cache
     from validation_and_test.record import settings_record
 
     if score not in ("pck", "cycle"):
@@ -260,13 +261,15 @@ def run_layer_search(cfg: EvalConfig, beam: BeamSettings, score: Literal["pck", 
     numerics = set_faithful_numerics(device, cfg.fast)
     dataset = build_dataset(cfg.dataset, cfg.datapath, cfg.split)
     indices = shard_indices(len(dataset), cfg.max_pairs, None)
-    model, arch, weights_record = load_resnet(cfg.backbone, cfg.weights, cfg.seed)
-    backbone = HyperpixelBackbone(model, arch)
+    backbone, weights_record = load_backbone(cfg.backbone, cfg.weights, cfg.seed)
+    arch = backbone.name
     n_ids = backbone.n_ids
     settings = MatchSettings.from_config(cfg)
     scorer: Any
+    matcher = None
     if score == "pck":
-        matcher = Matcher(backbone, settings, device, cache_mb=cache_mb, cache_blocks=True)
+        matcher = Matcher(backbone, settings, device, cache_mb=cache_mb, cache_blocks=True,
+                          disk_cache=disk_feature_cache(cfg.feature_cache, weights_record))
         numerics["precision"] = matcher.precision(numerics["precision"])
         from validation_and_test.layer_scores import CachedPairs, PCKScore
 
@@ -300,7 +303,7 @@ def run_layer_search(cfg: EvalConfig, beam: BeamSettings, score: Literal["pck", 
             "n_pairs": len(indices), "max_pairs": cfg.max_pairs, "alpha": alpha if score == "pck" else None,
             "search": beam_settings_json(beam, n_ids), "n_ids": n_ids,
             **settings_record(cfg, thres=thres, arch=arch, weights=weights_record, numerics=numerics,
-                              preset=preset),
+                              preset=preset, matcher=matcher if score == "pck" else None),
             "cache": scorer.cache_stats(), "elapsed_s": round(time.perf_counter() - start, 3),
         }
         doc["matching"]["used"] = score == "pck"

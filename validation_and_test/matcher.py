@@ -1,6 +1,6 @@
 """SCOT-style matcher: hyperpixels + CAM of each image, then cosine -> OT -> RHM -> keypoint transfer.
 
-    matcher = Matcher(HyperpixelBackbone(model, arch), MatchSettings(), device)
+    matcher = Matcher(load_backbone("resnet50", "imagenet")[0], MatchSettings(), device)
     prediction = matcher.predict_pair(sample, ids=(2, 12, 13, 15))  # keypoints in resized target px
 
 The matcher predicts; scoring (PCK) belongs to the loop in `evaluate.py`. Images are processed one at a
@@ -8,6 +8,9 @@ time (no padding in the backbone or CAM) and cached per image name. With `cache_
 image's block maps (all ids) and CAM map are cached, so another id set only re-assembles hyperpixels
 (layer searches). Hyperpixel similarities are factorised per stride by default
 (`models.hyper_similarity`); `similarity="dense"` keeps the (N, D) hyperpixel product as the reference.
+`matcher="nn"` / `"nn-mutual"` replace OT and RHM by the nearest neighbour on the cosine (one-way, or only
+source hyperpixels whose nearest neighbour's nearest neighbour is themselves), with the same transfer.
+A backbone without a classifier head (`Backbone.has_classifier`) gets uniform OT marginals (`cam_rule`).
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ from typing import Any, Literal
 import torch
 
 from configs.runtime import bf16_is_fast, synchronize
-from models.backbone import HyperpixelBackbone, hyper_image, validate_ids
+from models.backbone import Backbone, hyper_image, validate_ids
 from models.cam import cam_map, cam_weights, linear_head, marginal
 from models.hyper_similarity import FactorisedHyperpixels, factorise, factorised_cosine
 from models.rhm import regularized_hough_matching
 from models.sinkhorn import cosine_similarity, ot_votes
-from models.transfer import receptive_field_boxes, transfer_keypoints
+from models.transfer import keypoint_neighbours, transfer_from_best
 from validation_and_test.feature_cache import FeatureCache
+from validation_and_test.feature_store import DiskFeatureCache
 from validation_and_test.preprocess import prepare_image, scale_keypoints
 
 GEO_SIMS = ("OTGeo", "cosGeo")
@@ -48,13 +52,14 @@ class MatchSettings:
     long_side: int = 300
     similarity: Literal["factorised", "dense"] = "factorised"  # dense: the (N, D) product (reference)
     fast: bool = False  # backbone and CAM under bf16 autocast where the device runs bf16 fast
+    matcher: str = "scot"  # scot | nn (nearest neighbour on the cosine) | nn-mutual
 
     @classmethod
     def from_config(cls, cfg: Any) -> MatchSettings:
         """The settings of an `EvalConfig` (test.py and the layer search build them only here)."""
         return cls(sim=cfg.sim, exp1=cfg.exp1, exp2=cfg.exp2, eps=cfg.eps, sinkhorn_iters=cfg.sinkhorn_iters,
                    solver=cfg.solver, classmap=cfg.classmap, hpf=cfg.hpf, long_side=cfg.long_side,
-                   similarity=cfg.similarity, fast=cfg.fast)
+                   similarity=cfg.similarity, fast=cfg.fast, matcher=cfg.matcher)
 
     @property
     def resize_rule(self) -> str:
@@ -62,11 +67,17 @@ class MatchSettings:
 
     @property
     def needs_cam(self) -> bool:
-        return self.classmap == 1 and not self.hpf and self.sim in OT_SIMS
+        return self.classmap == 1 and not self.hpf and self.sim in OT_SIMS and self.matcher == "scot"
+
+    @property
+    def nn(self) -> bool:
+        return self.matcher != "scot"
 
     @property
     def label(self) -> str:
         """The confidence as recorded in results files."""
+        if self.nn:
+            return "nearest neighbour on cos" + (" (mutual)" if self.matcher == "nn-mutual" else "")
         return "HPF (RHM on max(0,cos)^3)" if self.hpf else self.sim
 
 
@@ -113,7 +124,8 @@ class _ImageBlocks:
 @dataclass
 class PairPrediction:
     """Prediction of one pair: pred (K, 2) in resized target pixels (NaN: no source box around the
-    keypoint), n_uncovered such keypoints, scales s (original -> resized) of both images."""
+    keypoint, or with nn-mutual no mutual match among them), n_uncovered such keypoints, scales s
+    (original -> resized) of both images."""
 
     pred: torch.Tensor
     n_uncovered: int
@@ -136,19 +148,30 @@ def prune_window(boxes: torch.Tensor, grid: tuple[int, int], jump: int, size: tu
 class Matcher:
     """Hyperpixel features and SCOT matching for one backbone and one set of `MatchSettings`."""
 
-    def __init__(self, backbone: HyperpixelBackbone, settings: MatchSettings | None = None,
+    def __init__(self, backbone: Backbone, settings: MatchSettings | None = None,
                  device: torch.device | str = "cpu", cache_mb: float = 2048.0, cache_blocks: bool = False,
-                 bf16: bool | None = None):
+                 bf16: bool | None = None, disk_cache: DiskFeatureCache | None = None):
         self.settings = settings or MatchSettings()
         self.device = torch.device(device)
         # backbone + CAM in bf16 (None: when `settings.fast` and the device runs bf16 fast)
         self.bf16 = self.settings.fast and bf16_is_fast(self.device) if bf16 is None else bf16
         self.backbone = backbone.to(self.device).eval()
-        if self.settings.needs_cam:
+        self.cam_on = self.settings.needs_cam and backbone.has_classifier
+        if self.cam_on:
             linear_head(self.backbone.fc)  # fail early with the --classmap 0 hint
         self.cache = FeatureCache(cache_mb)
         self.cache_blocks = cache_blocks
+        self.disk = disk_cache  # opt-in on-disk per-image cache of the backbone (+ CAM) outputs
         self.timings: dict[str, float] = {"features": 0.0, "cam": 0.0, "match": 0.0, "transfer": 0.0}
+
+    @property
+    def cam_rule(self) -> str:
+        """How the OT marginals were made (recorded in results files)."""
+        if self.cam_on:
+            return "CAM (classmap 1)"
+        if self.settings.needs_cam:
+            return "uniform: the backbone has no classifier head for CAM"
+        return "uniform" if self.settings.sim in OT_SIMS and not self.settings.nn else "not used"
 
     def precision(self, base: str) -> str:
         """The numerics record's precision (`set_faithful_numerics`) plus the bf16 backbone when used."""
@@ -159,17 +182,38 @@ class Matcher:
     # ----------------------------------------------------------------------------------- features
     @torch.no_grad()
     def _blocks(self, img: torch.Tensor, ids: Sequence[int]) -> _ImageBlocks:
+        """Backbone (+ CAM) of one uint8 image (3, H, W) for `ids`, from the disk cache when it holds them."""
+        if self.disk is None:
+            return self._compute_blocks(img, ids)
+        st = self.settings
+        key = self.disk.key(img, {"backbone": self.backbone.name, "resize_rule": st.resize_rule,
+                                  "long_side": st.long_side, "ids": sorted(int(i) for i in ids),
+                                  "cam": self.cam_on, "bf16": self.bf16, "device": self.device.type})
+        t0 = time.perf_counter()
+        hit = self.disk.get(key)
+        if hit is not None:
+            self.timings["features"] += time.perf_counter() - t0
+            cam = hit["cam"].to(self.device) if hit["cam"] is not None else None
+            return _ImageBlocks(maps={int(i): m.to(self.device) for i, m in hit["maps"].items()}, cam=cam,
+                                scale=float(hit["scale"]), size=tuple(hit["size"]))
+        blocks = self._compute_blocks(img, ids)
+        self.disk.put(key, {"maps": {i: m.cpu() for i, m in blocks.maps.items()},
+                            "cam": blocks.cam.cpu() if blocks.cam is not None else None,
+                            "scale": blocks.scale, "size": list(blocks.size)})
+        return blocks
+
+    def _compute_blocks(self, img: torch.Tensor, ids: Sequence[int]) -> _ImageBlocks:
         """Backbone (+ CAM) of one uint8 image (3, H, W) for `ids`."""
         synchronize(self.device)
         t0 = time.perf_counter()
         x, s = prepare_image(img, self.settings.resize_rule, self.settings.long_side, self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            out = self.backbone.forward_blocks(x, ids, full=self.settings.needs_cam)
+            out = self.backbone.forward_blocks(x, ids, full=self.cam_on)
         maps = {i: m.float() for i, m in out.maps.items()}
         synchronize(self.device)
         t1 = time.perf_counter()
         cam = None
-        if self.settings.needs_cam:
+        if self.cam_on:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 cam = cam_map(x, self.backbone.fc, out.final, self.backbone.forward_final).float()
             synchronize(self.device)
@@ -182,9 +226,8 @@ class Matcher:
         maps = {i: blocks.maps[i] for i in ids}
         grid = tuple(maps[ids[0]].shape[-2:])
         jump = self.backbone.jumps[ids[0]]
-        rf = self.backbone.receptive_fields[ids[0]]
         device = maps[ids[0]].device
-        boxes, centers = receptive_field_boxes(grid[0], grid[1], jump, rf, device=device)
+        boxes, centers = self.backbone.boxes(ids[0], grid, blocks.size, device)
         rows, cols = (slice(None), slice(None))
         if self.settings.hpf:
             rows, cols = prune_window(boxes, grid, jump, blocks.size)
@@ -230,7 +273,9 @@ class Matcher:
         synchronize(self.device)
         t0 = time.perf_counter()
         sim = self.similarity(src, trg)
-        if st.hpf:
+        if st.nn:
+            votes, geo = sim, False
+        elif st.hpf:
             votes, geo = sim.clamp_(min=0).pow_(3), True
         elif st.sim in OT_SIMS:
             mu = _marginal(src.weights, sim.shape[0], sim)
@@ -251,6 +296,19 @@ class Matcher:
         self.timings["match"] += time.perf_counter() - t0
         return votes
 
+    def transfer(self, conf: torch.Tensor, src: ImageFeatures, trg: ImageFeatures, src_kps: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keypoint transfer (resized source px (K, 2) -> resized target px) with the row-wise arg-max of
+        `conf`; "nn-mutual" keeps only the source boxes whose match is mutual. Returns (pred (K, 2),
+        n_neighbours (K,), best (Ns,), inside (K, Ns))."""
+        best = conf.max(dim=1).indices
+        inside = keypoint_neighbours(src.boxes, src_kps)
+        if self.settings.matcher == "nn-mutual":
+            back = conf.max(dim=0).indices  # (Nt,) best source of every target
+            inside &= (back[best] == torch.arange(len(best), device=best.device)).unsqueeze(0)
+        pred, n_neighbours = transfer_from_best(best, inside, src.boxes, trg.boxes, src_kps)
+        return pred, n_neighbours, best, inside
+
     @torch.no_grad()
     def predict_pair(self, sample: dict[str, Any], ids: Sequence[int]) -> PairPrediction:
         """Transfer the source keypoints of one dataset sample to its target (resized target pixels)."""
@@ -259,7 +317,7 @@ class Matcher:
         conf = self.confidence(src, trg, pair_id=sample.get("index"))
         t0 = time.perf_counter()
         src_kps = scale_keypoints(sample["src_kps"].to(self.device), src.scale)
-        pred, n_neighbours = transfer_keypoints(conf, src.boxes, trg.boxes, src_kps)
+        pred, n_neighbours, _, _ = self.transfer(conf, src, trg, src_kps)
         del conf
         synchronize(self.device)
         self.timings["transfer"] += time.perf_counter() - t0

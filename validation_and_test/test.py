@@ -86,9 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_backbone(cfg, preset, ids_given)
     out_dir = prepare_outputs(cfg, args.overwrite)
     from data import build_dataset
-    from models.backbone import HyperpixelBackbone, validate_ids
-    from models.weights import load_resnet
+    from models.backbone import validate_ids
+    from models.backbones import load_backbone
     from validation_and_test.evaluate import Matcher, MatchSettings, evaluate, resolve_thres
+    from validation_and_test.feature_store import disk_feature_cache
     from validation_and_test.pck_curve import CurveCollector, chain_hooks
     from validation_and_test.record import settings_record
     from validation_and_test.report import format_table, per_pair_csv
@@ -102,11 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = {"keypoint_source": cfg.pfpascal_kps} if cfg.dataset == "pfpascal" else {}
     dataset = build_dataset(cfg.dataset, cfg.datapath, cfg.split, **options)
     thres = resolve_thres(dataset, cfg.thres)
-    model, arch, weights_record = load_resnet(cfg.backbone, cfg.weights, cfg.seed)
-    check_backbone(cfg, preset, ids_given, arch)
-    backbone = HyperpixelBackbone(model, arch)
+    backbone, weights_record = load_backbone(cfg.backbone, cfg.weights, cfg.seed)
+    arch = backbone.name
+    check_backbone(cfg, preset, ids_given, backbone.id_family)
     ids = validate_ids(cfg.hyperpixel, backbone.n_ids)
-    matcher = Matcher(backbone, MatchSettings.from_config(cfg), info.device, cache_mb=cfg.cache_mb)
+    matcher = Matcher(backbone, MatchSettings.from_config(cfg), info.device, cache_mb=cfg.cache_mb,
+                      disk_cache=disk_feature_cache(cfg.feature_cache, weights_record))
     numerics["precision"] = matcher.precision(numerics["precision"])
     log.info("%s %s: %d pairs, %s %s, ids %s, device %s (%s), %d process(es)", cfg.dataset, cfg.split,
              len(dataset) if cfg.max_pairs is None else min(len(dataset), cfg.max_pairs), arch,
@@ -128,8 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    "n_keypoints") if k in summary},
         "n_uncovered_keypoints": result.n_uncovered,
         **settings_record(cfg, thres=thres, arch=arch, weights=weights_record, numerics=numerics,
-                          preset=preset),
+                          preset=preset, matcher=matcher),
         "world_size": info.world_size, "timings": result.timings, "feature_cache": result.cache,
+        **({"feature_cache_disk": matcher.disk.stats()} if matcher.disk is not None else {}),
         "pck_curve": pck_curve,
     }
     atomic_write_text(out_dir / "per_pair.csv", per_pair_csv(result.rows, cfg.alpha))
