@@ -51,6 +51,7 @@ class EvalConfig:
     device: str = "auto"
     seed: int = 0
     fast: bool = False  # TF32 on CUDA, bf16 backbone + CAM where fast (changes numbers; recorded)
+    layout: Literal["auto", "channels_last", "contiguous"] = "auto"  # network passes' memory layout
     cache_mb: float = 2048.0  # feature-cache budget per process
     num_workers: int = 2  # image-loading workers
     output_dir: Optional[str] = None
@@ -140,6 +141,9 @@ def eval_parent_parser(data_flags: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--fast", action="store_true", default=d,
                      help="TF32 on CUDA; backbone and CAM in bf16 on CUDA and AMX CPUs (changes numbers; "
                           "recorded)")
+    run.add_argument("--layout", choices=("auto", "channels_last", "contiguous"), default=d,
+                     help="memory layout of the backbone and CAM passes (auto: channels_last on the CPU, "
+                          "contiguous elsewhere; recorded)")
     run.add_argument("--config", default=None, help="YAML preset replacing configs/eval/<dataset>.yaml")
     return p
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import torch
 
-from configs.runtime import bf16_is_fast, synchronize
+from configs.runtime import native_bf16, synchronize
 from models.backbone import HyperpixelBackbone, hyper_image, validate_ids
 from models.cam import cam_map, cam_weights, linear_head, marginal
 from models.hyper_similarity import FactorisedHyperpixels, factorise, factorised_cosine
@@ -31,6 +31,7 @@ from validation_and_test.preprocess import prepare_image, scale_keypoints
 
 GEO_SIMS = ("OTGeo", "cosGeo")
 OT_SIMS = ("OTGeo", "OT")
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
 @dataclass(frozen=True)
@@ -48,13 +49,14 @@ class MatchSettings:
     long_side: int = 300
     similarity: Literal["factorised", "dense"] = "factorised"  # dense: the (N, D) product (reference)
     fast: bool = False  # backbone and CAM under bf16 autocast where the device runs bf16 fast
+    layout: Literal["auto", "channels_last", "contiguous"] = "auto"  # network passes; auto: CPU channels_last
 
     @classmethod
     def from_config(cls, cfg: Any) -> MatchSettings:
         """The settings of an `EvalConfig` (test.py and the layer search build them only here)."""
         return cls(sim=cfg.sim, exp1=cfg.exp1, exp2=cfg.exp2, eps=cfg.eps, sinkhorn_iters=cfg.sinkhorn_iters,
                    solver=cfg.solver, classmap=cfg.classmap, hpf=cfg.hpf, long_side=cfg.long_side,
-                   similarity=cfg.similarity, fast=cfg.fast)
+                   similarity=cfg.similarity, fast=cfg.fast, layout=cfg.layout)
 
     @property
     def resize_rule(self) -> str:
@@ -141,9 +143,12 @@ class Matcher:
                  bf16: bool | None = None):
         self.settings = settings or MatchSettings()
         self.device = torch.device(device)
-        # backbone + CAM in bf16 (None: when `settings.fast` and the device runs bf16 fast)
-        self.bf16 = self.settings.fast and bf16_is_fast(self.device) if bf16 is None else bf16
-        self.backbone = backbone.to(self.device).eval()
+        # backbone + CAM in bf16 (None: when `settings.fast` and the device has native bf16 kernels)
+        self.bf16_path = native_bf16(self.device) or "emulated"
+        self.bf16 = self.settings.fast and self.bf16_path != "emulated" if bf16 is None else bf16
+        self.layout = resolve_layout(self.settings.layout, self.device)
+        self.memory_format = MEMORY_FORMATS[self.layout]
+        self.backbone = backbone.to(self.device, memory_format=self.memory_format).eval()
         if self.settings.needs_cam:
             linear_head(self.backbone.fc)  # fail early with the --classmap 0 hint
         self.cache = FeatureCache(cache_mb)
@@ -151,10 +156,16 @@ class Matcher:
         self.timings: dict[str, float] = {"features": 0.0, "cam": 0.0, "match": 0.0, "transfer": 0.0}
 
     def precision(self, base: str) -> str:
-        """The numerics record's precision (`set_faithful_numerics`) plus the bf16 backbone when used."""
+        """The numerics record's precision (`set_faithful_numerics`) plus the bf16 backbone and its path
+        (cuda, amx, avx512_bf16; emulated where forced without native kernels) when used."""
         if not self.bf16:
             return base
-        return "bf16 backbone" if base == "float32" else f"{base} + bf16 backbone"
+        bf16 = f"bf16 backbone ({self.bf16_path})"
+        return bf16 if base == "float32" else f"{base} + {bf16}"
+
+    def numerics(self, base: dict[str, Any]) -> dict[str, Any]:
+        """`set_faithful_numerics`'s record with this matcher's precision and network layout."""
+        return {**base, "precision": self.precision(base["precision"]), "layout": self.layout}
 
     # ----------------------------------------------------------------------------------- features
     @torch.no_grad()
@@ -163,9 +174,10 @@ class Matcher:
         synchronize(self.device)
         t0 = time.perf_counter()
         x, s = prepare_image(img, self.settings.resize_rule, self.settings.long_side, self.device)
+        x = x.contiguous(memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.backbone.forward_blocks(x, ids, full=self.settings.needs_cam)
-        maps = {i: m.float() for i, m in out.maps.items()}
+        maps = {i: m.float().contiguous() for i, m in out.maps.items()}  # matching: one layout
         synchronize(self.device)
         t1 = time.perf_counter()
         cam = None
@@ -265,6 +277,14 @@ class Matcher:
         self.timings["transfer"] += time.perf_counter() - t0
         return PairPrediction(pred=pred, n_uncovered=int((n_neighbours == 0).sum()), src_scale=src.scale,
                               trg_scale=trg.scale)
+
+
+def resolve_layout(layout: str, device: torch.device) -> str:
+    """The memory layout of the network passes: `auto` is channels_last on the CPU (oneDNN's fastest float32
+    convolutions; per-pair PCK unchanged, docs/numerics.md) and contiguous elsewhere (not measured)."""
+    if layout == "auto":
+        return "channels_last" if device.type == "cpu" else "contiguous"
+    return layout
 
 
 def _marginal(weights: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ def settings_record(cfg: EvalConfig, *, thres: Optional[str], arch: str, weights
     """thres, backbone, weights identity, matching settings, device, precision, decoder, preset, the
     resolved config, git SHA and package versions."""
     return {"thres": thres, "backbone": arch, "weights": weights, "matching": matching_record(cfg),
-            "device": numerics["device"], "precision": numerics["precision"], "fast": cfg.fast,
+            "device": numerics["device"], "precision": numerics["precision"],
+            "layout": numerics.get("layout"), "fast": cfg.fast,
             "decoder": "pillow", "preset": preset, "config": config_to_dict(cfg), "git_sha": git_sha(),
             "versions": package_versions()}
