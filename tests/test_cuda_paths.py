@@ -24,7 +24,7 @@ from helpers import (
 )
 
 import models.rhm as rhm
-from configs.runtime import init_distributed, set_faithful_numerics
+from configs.runtime import bf16_is_fast, init_distributed, native_bf16, set_faithful_numerics
 from models.rhm import hough_bins, hough_histogram, regularized_hough_matching
 
 CODE_DIRS = ("models", "training", "validation_and_test", "configs", "data", "bench", "scripts")
@@ -100,6 +100,25 @@ def test_bf16_autocast_step_on_cpu_is_finite_and_close_to_fp32():
     paper, grad = loss_and_grad(small_model(), few, torch.bfloat16, True)
     assert all(torch.isfinite(paper[k]) for k in ("loss", "loss_moco", "loss_cycle"))
     assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("caps, path", [
+    ({"amx_bf16": True, "avx512_bf16": True, "avx2": True}, "amx"),  # Sapphire Rapids and later
+    ({"amx_bf16": False, "avx512_bf16": True, "avx2": True}, "avx512_bf16"),  # e.g. Zen 4, Cooper Lake
+    ({"avx512_f": True, "avx512_bf16": False, "avx2": True}, None),  # AVX-512 without bf16: emulated
+    ({"avx2": True}, None),
+])
+def test_native_bf16_from_the_capabilities_torch_reports(monkeypatch, caps, path):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"cpu_name": "any brand", **caps})
+    cpu = torch.device("cpu")
+    assert native_bf16(cpu) == path and bf16_is_fast(cpu) is (path is not None)
+    monkeypatch.delattr(torch.cpu, "get_capabilities")  # older torch: its two probes
+    for probe, key in (("_is_amx_tile_supported", "amx_bf16"), ("_is_avx512_bf16_supported", "avx512_bf16")):
+        monkeypatch.setattr(torch.cpu, probe, lambda key=key: bool(caps.get(key)), raising=False)
+    assert native_bf16(cpu) == path
+    for supported in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert native_bf16(torch.device("cuda")) == ("cuda" if supported else None)
 
 
 def test_tf32_only_under_fast_on_cuda():

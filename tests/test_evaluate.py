@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
-from helpers import ListDataset
+from helpers import ListDataset, perturb_like_bf16
 from skimage import data as skdata
 
 from models.backbone import HyperpixelBackbone
@@ -233,9 +235,11 @@ def test_confidence_per_sim_matches_closed_forms(backbone):
         torch.testing.assert_close(ot, (n_s * plan).clamp(min=0) ** 0.5, rtol=1e-4, atol=1e-7)
 
 
-def test_fast_bf16_backbone_keeps_float32_features_and_close_predictions(backbone):
-    """`--fast` runs the backbone and CAM under bf16 autocast (forced here: this may be a CPU without AMX,
-    where `fast` alone keeps float32). Features reach matching as float32, and predictions stay close."""
+def test_fast_bf16_backbone_keeps_float32_features_within_the_rounding_floor(backbone):
+    """`--fast` runs the backbone and CAM under bf16 autocast (forced here: this CPU may have no native bf16,
+    where `fast` alone keeps float32). Features reach matching as float32, and their distance to float32 is
+    within twice the floor that float32 reaches with every conv input and weight moved by +-2^-8 (bf16's
+    unit roundoff; a rounding moves a value by at most that, typically by less: 2x is margin, not fit)."""
     img = _photo("chelsea")
     height, width = img.shape[-2:]
     trg = torch.zeros_like(img)
@@ -243,15 +247,32 @@ def test_fast_bf16_backbone_keeps_float32_features_and_close_predictions(backbon
     kps = _kps(img, 10, seed=3, margin=30)
     sample = _sample(0, img, trg, kps, kps + torch.tensor([20, 12]), "cat/a", "cat/b", "pfpascal")
     settings = MatchSettings(long_side=160, fast=True)
-    faithful = Matcher(backbone, MatchSettings(long_side=160)).predict_pair(sample, IDS).pred
     fast = Matcher(backbone, settings, bf16=True)
     bf16_map = fast._blocks(img, IDS).maps[IDS[-1]]
     fp32_map = Matcher(backbone, MatchSettings(long_side=160))._blocks(img, IDS).maps[IDS[-1]]
+    jittered = copy.deepcopy(backbone)
+    perturb_like_bf16(jittered, seed=0)
+    jittered_map = Matcher(jittered, MatchSettings(long_side=160))._blocks(img, IDS).maps[IDS[-1]]
+    floor = (jittered_map - fp32_map).norm()
     assert bf16_map.dtype == torch.float32 and not torch.equal(bf16_map, fp32_map)  # autocast applied
-    assert torch.allclose(bf16_map, fp32_map, rtol=0.1, atol=0.1 * float(fp32_map.abs().mean()))
-    pred = fast.predict_pair(sample, IDS).pred
-    assert torch.isfinite(pred).all()
-    assert ((pred - faithful).norm(dim=1) <= 8).float().mean() >= 0.8  # within two strides (resized px)
+    assert 0 < floor < 0.05 * fp32_map.norm()  # the floor is informative
+    assert (bf16_map - fp32_map).norm() <= 2 * floor
+    assert torch.isfinite(fast.predict_pair(sample, IDS).pred).all()
     assert Matcher(backbone, settings, bf16=False).bf16 is False
-    assert fast.precision("float32") == "bf16 backbone" and fast.precision("tf32") == "tf32 + bf16 backbone"
+    path = fast.bf16_path  # native_bf16's answer on this machine, or "emulated"
+    assert fast.precision("float32") == f"bf16 backbone ({path})"
+    assert fast.precision("tf32") == f"tf32 + bf16 backbone ({path})"
     assert Matcher(backbone, settings, bf16=False).precision("tf32") == "tf32"
+
+
+@pytest.mark.parametrize("path", ["amx", "avx512_bf16", None])
+def test_fast_uses_bf16_exactly_where_the_device_has_native_kernels(backbone, monkeypatch, path):
+    import validation_and_test.matcher as matcher_module
+
+    monkeypatch.setattr(matcher_module, "native_bf16", lambda device: path)
+    fast = Matcher(backbone, MatchSettings(long_side=160, fast=True))
+    assert fast.bf16 is (path is not None)
+    assert fast.numerics({"device": "cpu", "precision": "float32"}) == {
+        "device": "cpu", "layout": "channels_last",
+        "precision": f"bf16 backbone ({path})" if path else "float32"}
+    assert Matcher(backbone, MatchSettings(long_side=160)).bf16 is False  # never without --fast
