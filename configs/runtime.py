@@ -127,14 +127,9 @@ def native_bf16(device: torch.device) -> str | None:
     return next((name for key, name in NATIVE_BF16_CPU if caps.get(key)), None)
 
 
-def bf16_is_fast(device: torch.device) -> bool:
-    """Whether bfloat16 convolutions beat float32 on `device` (`native_bf16`)."""
-    return native_bf16(device) is not None
-
-
 def set_faithful_numerics(device: torch.device, fast: bool = False) -> dict[str, Any]:
     """Full float32 (no TF32 on CUDA) unless `fast`; returns a record for results files. (The evaluation
-    matcher adds its bf16 backbone to the record itself: `Matcher.precision`.)"""
+    matcher adds its bf16 backbone and network layout to the record itself: `Matcher.numerics`.)"""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = fast
         torch.backends.cudnn.allow_tf32 = fast

@@ -139,8 +139,8 @@ def eval_parent_parser(data_flags: bool = True) -> argparse.ArgumentParser:
     run = p.add_argument_group("run")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d)
     run.add_argument("--fast", action="store_true", default=d,
-                     help="TF32 on CUDA; backbone and CAM in bf16 on CUDA and AMX CPUs (changes numbers; "
-                          "recorded)")
+                     help="TF32 on CUDA; backbone and CAM in bf16 where the device has native bf16 kernels "
+                          "(CUDA, AMX, AVX512-BF16) (changes numbers; recorded)")
     run.add_argument("--layout", choices=("auto", "channels_last", "contiguous"), default=d,
                      help="memory layout of the backbone and CAM passes (auto: channels_last on the CPU, "
                           "contiguous elsewhere; recorded)")
