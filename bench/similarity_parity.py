@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--variant", choices=("dense", "bf16", "channels_last"), default="dense",
                    help="dense: factorised against the dense product; bf16: the backbone and CAM under bf16 "
-                        "autocast (what --fast does where bf16 is fast) against float32; channels_last: "
+                        "autocast (what --fast does where bf16 is native) against float32; channels_last: "
                         "the network passes in channels_last against contiguous layout (float32)")
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args(argv)

@@ -13,6 +13,7 @@ from models.backbone import HyperpixelBackbone
 from models.weights import load_resnet
 from validation_and_test.evaluate import Matcher, MatchSettings, evaluate
 from validation_and_test.feature_cache import FeatureCache
+from validation_and_test.matcher import resolve_layout
 
 IDS = (2, 3)  # ResNet-18: layer1 block 2 (stride 4), layer2 block 1; random weights: low layers match best
 LAYOUTS = {"pfpascal": "img", "pfwillow": "bbox", "spair": "bbox"}
@@ -276,3 +277,23 @@ def test_fast_uses_bf16_exactly_where_the_device_has_native_kernels(backbone, mo
         "device": "cpu", "layout": "channels_last",
         "precision": f"bf16 backbone ({path})" if path else "float32"}
     assert Matcher(backbone, MatchSettings(long_side=160)).bf16 is False  # never without --fast
+
+
+def test_layout_auto_is_channels_last_on_the_cpu_and_matching_gets_contiguous_maps(backbone):
+    assert resolve_layout("auto", torch.device("cpu")) == "channels_last"
+    assert resolve_layout("auto", torch.device("cuda")) == "contiguous"
+    assert resolve_layout("contiguous", torch.device("cpu")) == "contiguous"
+    img = _photo("chelsea")
+    fast = Matcher(copy.deepcopy(backbone), MatchSettings(long_side=160))
+    plain = Matcher(copy.deepcopy(backbone), MatchSettings(long_side=160, layout="contiguous"))
+    conv = fast.backbone.net.conv1.weight
+    assert fast.layout == "channels_last" and conv.is_contiguous(memory_format=torch.channels_last)
+    assert plain.backbone.net.conv1.weight.is_contiguous()
+    a, b = fast._blocks(img, IDS), plain._blocks(img, IDS)
+    # float32 in another summation order: (convolutions up to layer2) x (sum length 9 x 128) x 2^-24
+    bound = 8 * 9 * 128 * 2.0 ** -24
+    for i in IDS:
+        assert a.maps[i].is_contiguous()
+        assert (a.maps[i] - b.maps[i]).norm() <= bound * b.maps[i].norm(), i
+    # the CAM (values in [0, 1)): all ResNet-18 convolutions (20), sums up to 9 x 512 long
+    assert (a.cam - b.cam).abs().max() <= 20 * 9 * 512 * 2.0 ** -24

@@ -50,7 +50,7 @@ class EvalConfig:
     max_pairs: Optional[int] = None
     device: str = "auto"
     seed: int = 0
-    fast: bool = False  # TF32 on CUDA, bf16 backbone + CAM where fast (changes numbers; recorded)
+    fast: bool = False  # TF32 on CUDA, bf16 backbone + CAM where bf16 is native (changes numbers; recorded)
     layout: Literal["auto", "channels_last", "contiguous"] = "auto"  # network passes' memory layout
     cache_mb: float = 2048.0  # feature-cache budget per process
     num_workers: int = 2  # image-loading workers

@@ -48,7 +48,7 @@ class MatchSettings:
     hpf: bool = False  # downscale-only resize, margin pruning, RHM on max(0, cos)^3
     long_side: int = 300
     similarity: Literal["factorised", "dense"] = "factorised"  # dense: the (N, D) product (reference)
-    fast: bool = False  # backbone and CAM under bf16 autocast where the device runs bf16 fast
+    fast: bool = False  # backbone and CAM under bf16 autocast where the device has native bf16 kernels
     layout: Literal["auto", "channels_last", "contiguous"] = "auto"  # network passes; auto: CPU channels_last
 
     @classmethod
