@@ -12,7 +12,6 @@ passes at 1.5 and 2.0 of that).
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 from pathlib import Path
@@ -47,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     set_faithful_numerics(device)
     model, arch, _ = load_resnet(args.backbone, "random", seed=0)
     backbone = HyperpixelBackbone(model, arch)
-    matchers = {layout: Matcher(copy.deepcopy(backbone), MatchSettings(layout=layout), device, cache_mb=0,
+    matchers = {layout: Matcher(backbone, MatchSettings(layout=layout), device, cache_mb=0,
                                 bf16=args.bf16) for layout in LAYOUTS}
     img, _ = lookalike_image(0, (225, 300))
     ids = tuple(args.hyperpixel)

@@ -19,7 +19,6 @@ correctness is identical at every alpha, and the dataset PCK of both. Not a test
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 from dataclasses import replace
@@ -86,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         ref = Matcher(backbone, settings, device)
         cand = Matcher(backbone, settings, device, bf16=True)
         names = ("float32", "bf16")
-    else:  # each matcher sets its layout on its own copy of the network
-        ref = Matcher(copy.deepcopy(backbone), replace(settings, layout="contiguous"), device)
+    else:
+        ref = Matcher(backbone, replace(settings, layout="contiguous"), device)
         cand = Matcher(backbone, replace(settings, layout="channels_last"), device)
         names = ("contiguous", "channels_last")
     results = {}

@@ -10,7 +10,6 @@ transfer.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
@@ -125,7 +124,7 @@ def _assert_matcher_equals_reference(ds, index, exp2, long_side=300):
     best confidences (a near-tie argmax may round differently in the factorised similarity)."""
     model, arch, _ = load_resnet("resnet18", "random", seed=0)
     settings = MatchSettings(exp2=exp2, classmap=1, long_side=long_side)
-    matcher = Matcher(HyperpixelBackbone(copy.deepcopy(model), arch), settings)
+    matcher = Matcher(HyperpixelBackbone(model, arch), settings)
     assert matcher.layout == "channels_last"  # the CPU default, against the reference's contiguous layout
     sample = ds[index]
     (xs, ss), (xt, st) = (_load(p, long_side) for p in ds.image_paths(index))

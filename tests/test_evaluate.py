@@ -284,12 +284,16 @@ def test_layout_auto_is_channels_last_on_the_cpu_and_matching_gets_contiguous_ma
     assert resolve_layout("auto", torch.device("cuda")) == "contiguous"
     assert resolve_layout("contiguous", torch.device("cpu")) == "contiguous"
     img = _photo("chelsea")
-    fast = Matcher(copy.deepcopy(backbone), MatchSettings(long_side=160))
-    plain = Matcher(copy.deepcopy(backbone), MatchSettings(long_side=160, layout="contiguous"))
-    conv = fast.backbone.net.conv1.weight
-    assert fast.layout == "channels_last" and conv.is_contiguous(memory_format=torch.channels_last)
-    assert plain.backbone.net.conv1.weight.is_contiguous()
-    a, b = fast._blocks(img, IDS), plain._blocks(img, IDS)
+    fast = Matcher(backbone, MatchSettings(long_side=160))
+    plain = Matcher(backbone, MatchSettings(long_side=160, layout="contiguous"))
+    seen = []
+    hook = backbone.net.conv1.register_forward_hook(
+        lambda mod, args, out: seen.append(out.is_contiguous(memory_format=torch.channels_last)))
+    a = fast._blocks(img, IDS)
+    b = plain._blocks(img, IDS)
+    hook.remove()
+    assert fast.layout == "channels_last" and seen == [True, True, True, False, False, False]  # 3 passes
+    assert all(p.is_contiguous() for p in backbone.parameters())  # the shared network is left as given
     # float32 in another summation order: (convolutions up to layer2) x (sum length 9 x 128) x 2^-24
     bound = 8 * 9 * 128 * 2.0 ** -24
     for i in IDS:

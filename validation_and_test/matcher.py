@@ -148,7 +148,7 @@ class Matcher:
         self.bf16 = self.settings.fast and self.bf16_path != "emulated" if bf16 is None else bf16
         self.layout = resolve_layout(self.settings.layout, self.device)
         self.memory_format = MEMORY_FORMATS[self.layout]
-        self.backbone = backbone.to(self.device, memory_format=self.memory_format).eval()
+        self.backbone = backbone.to(self.device).eval()
         if self.settings.needs_cam:
             linear_head(self.backbone.fc)  # fail early with the --classmap 0 hint
         self.cache = FeatureCache(cache_mb)
@@ -174,7 +174,7 @@ class Matcher:
         synchronize(self.device)
         t0 = time.perf_counter()
         x, s = prepare_image(img, self.settings.resize_rule, self.settings.long_side, self.device)
-        x = x.contiguous(memory_format=self.memory_format)
+        x = x.contiguous(memory_format=self.memory_format)  # the input's layout sets the convolutions'
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.backbone.forward_blocks(x, ids, full=self.settings.needs_cam)
         maps = {i: m.float().contiguous() for i, m in out.maps.items()}  # matching: one layout
@@ -281,7 +281,8 @@ class Matcher:
 
 def resolve_layout(layout: str, device: torch.device) -> str:
     """The memory layout of the network passes: `auto` is channels_last on the CPU (oneDNN's fastest float32
-    convolutions; per-pair PCK unchanged, docs/numerics.md) and contiguous elsewhere (not measured)."""
+    convolutions; per-pair PCK unchanged, docs/numerics.md) and contiguous elsewhere (not measured). Set on
+    the input of each pass; the network's weights are left as given (oneDNN reorders them per call)."""
     if layout == "auto":
         return "channels_last" if device.type == "cpu" else "contiguous"
     return layout
