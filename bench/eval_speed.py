@@ -259,6 +259,8 @@ def main(argv=None) -> int:
     p.add_argument("--memory", action="store_true", help="peak RSS of each column's matching (CPU, children)")
     p.add_argument("--end-to-end", type=int, default=0, help="also time evaluate() on N JPEG pairs")
     p.add_argument("--fast", action="store_true")
+    p.add_argument("--layout", choices=("auto", "channels_last", "contiguous"), default="auto",
+                   help="memory layout of the backbone and CAM passes (auto: channels_last on the CPU)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     p.add_argument("--reuse", type=int, default=18, help="pairs per image for the cached row (PF-WILLOW: 18)")
     p.add_argument("--memory-child", nargs=2, default=None, help=argparse.SUPPRESS)
@@ -272,8 +274,9 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     numerics = set_faithful_numerics(device, args.fast)
     model, arch, _ = load_resnet(args.backbone, "random", seed=0)
-    matcher = Matcher(HyperpixelBackbone(model, arch), MatchSettings(fast=args.fast), device, cache_mb=0)
-    numerics["precision"] = matcher.precision(numerics["precision"])
+    settings = MatchSettings(fast=args.fast, layout=args.layout)
+    matcher = Matcher(HyperpixelBackbone(model, arch), settings, device, cache_mb=0)
+    numerics = matcher.numerics(numerics)
     sizes = SIZES[args.dataset_sizes]
     pairs = [look_alike_pair(i, sizes[i % len(sizes)]) for i in range(args.pairs + 1)]
     columns = ("ours",) if args.no_reference else COLUMNS
@@ -281,7 +284,8 @@ def main(argv=None) -> int:
         bench_stages(matcher, ids, pairs[:1], columns)  # warm-up
         times = bench_stages(matcher, ids, pairs[1:], columns)
     n = matcher._assemble(matcher._blocks(pairs[0][0], ids), ids).factors
-    print(f"{arch} ids {ids} on {device} ({numerics['precision']}, {torch.get_num_threads()} threads), "
+    print(f"{arch} ids {ids} on {device} ({numerics['precision']}, {numerics['layout']}, "
+          f"{torch.get_num_threads()} threads), "
           f"{args.dataset_sizes} sizes {sizes}, {args.pairs} pairs; first image: {n.n} hyperpixels x {n.dim}")
     print_table(times, args.reuse)
     if args.memory and device.type == "cpu":
@@ -293,7 +297,7 @@ def main(argv=None) -> int:
             sizes = SIZES["pfpascal"]
             pairs = [look_alike_pair(i, sizes[i % len(sizes)]) for i in range(args.end_to_end)]
             ds = LookalikePairs.from_pairs(pairs, folder=Path(tmp), name="pfpascal", default_thres="img")
-            e2e = Matcher(HyperpixelBackbone(model, arch), MatchSettings(fast=args.fast), device)
+            e2e = Matcher(HyperpixelBackbone(model, arch), settings, device)
             start = time.perf_counter()
             result = evaluate(e2e, ds, ids, num_workers=min(4, os.cpu_count() or 1))
             total = time.perf_counter() - start

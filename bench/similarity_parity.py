@@ -1,10 +1,13 @@
 """Parity of the factorised hyperpixel similarity with the dense reference (or of the bf16 backbone with
-float32, `--variant bf16`), pair by pair, on real data.
+float32, `--variant bf16`, or of channels_last network passes with contiguous ones, `--variant
+channels_last`), pair by pair, on real data.
 
     python bench/similarity_parity.py --dataset pfwillow --datapath Datasets_SCOT --every 9 \
         --weights random --hyperpixel 2,11,12,13,14
     python bench/similarity_parity.py --dataset pfwillow --datapath Datasets_SCOT --variant bf16 \
         --max-pairs 36
+    python bench/similarity_parity.py --dataset pfwillow --datapath Datasets_SCOT --every 9 \
+        --weights random --hyperpixel 2,11,12,13,14 --variant channels_last
     python bench/similarity_parity.py --dataset spair --datapath Datasets_SCOT --weights random --max-pairs 12
 
 Runs `evaluate()` twice over the same pairs, once per variant (for `dense` the backbone and CAM run once per
@@ -54,9 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-pairs", type=int, default=None)
     p.add_argument("--long-side", type=int, default=None, help="resize target (default: the preset's, 300)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--variant", choices=("dense", "bf16"), default="dense",
+    p.add_argument("--variant", choices=("dense", "bf16", "channels_last"), default="dense",
                    help="dense: factorised against the dense product; bf16: the backbone and CAM under bf16 "
-                        "autocast (what --fast does where bf16 is fast) against float32")
+                        "autocast (what --fast does where bf16 is native) against float32; channels_last: "
+                        "the network passes in channels_last against contiguous layout (float32)")
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args(argv)
     preset = str(preset_path(args.dataset))
@@ -77,10 +81,14 @@ def main(argv: list[str] | None = None) -> int:
         cand = Matcher(backbone, settings, device, cache_blocks=True)
         cand.cache = ref.cache  # one backbone + CAM pass per image for both
         names = ("dense", "factorised")
-    else:
+    elif args.variant == "bf16":
         ref = Matcher(backbone, settings, device)
         cand = Matcher(backbone, settings, device, bf16=True)
         names = ("float32", "bf16")
+    else:
+        ref = Matcher(backbone, replace(settings, layout="contiguous"), device)
+        cand = Matcher(backbone, replace(settings, layout="channels_last"), device)
+        names = ("contiguous", "channels_last")
     results = {}
     for name, matcher in zip(names, (ref, cand)):
         results[name] = evaluate(matcher, dataset, ids, cfg.alpha, cfg.thres, indices=indices, progress=True)

@@ -124,18 +124,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def bf16_is_fast(device: torch.device) -> bool:
-    """Whether bfloat16 convolutions beat float32 on `device`: CUDA with bf16 support, or a CPU with AMX
-    tiles (without AMX a CPU emulates bf16 and runs a ResNet several times slower)."""
+NATIVE_BF16_CPU = (("amx_bf16", "amx"), ("avx512_bf16", "avx512_bf16"))  # (torch capability, path name)
+
+
+def cpu_capabilities() -> dict[str, Any]:
+    """The CPU features torch reports (`torch.cpu.get_capabilities`, cpuinfo); older torch: its two probes."""
+    probe = getattr(torch.cpu, "get_capabilities", None)
+    if probe is not None:
+        return dict(probe())
+    old = {"amx_bf16": "_is_amx_tile_supported", "avx512_bf16": "_is_avx512_bf16_supported"}
+    return {key: bool(getattr(torch.cpu, fn, lambda: False)()) for key, fn in old.items()}
+
+
+def native_bf16(device: torch.device) -> str | None:
+    """How `device` runs bfloat16 convolutions natively: "cuda", "amx" or "avx512_bf16" (oneDNN's bf16
+    kernels, from the capabilities torch reports, not the CPU's brand); None where bf16 is emulated, which
+    is slower than float32 (a ResNet 1.2-1.7x on AVX-512 without bf16 instructions)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return device.type == "cpu" and probe is not None and bool(probe())
+        return "cuda" if torch.cuda.is_bf16_supported() else None
+    if device.type != "cpu":
+        return None
+    caps = cpu_capabilities()
+    return next((name for key, name in NATIVE_BF16_CPU if caps.get(key)), None)
 
 
 def set_faithful_numerics(device: torch.device, fast: bool = False) -> dict[str, Any]:
     """Full float32 (no TF32 on CUDA) unless `fast`; returns a record for results files. (The evaluation
-    matcher adds its bf16 backbone to the record itself: `Matcher.precision`.)"""
+    matcher adds its bf16 backbone and network layout to the record itself: `Matcher.numerics`.)"""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = fast
         torch.backends.cudnn.allow_tf32 = fast

@@ -5,11 +5,13 @@ the evaluation CLI run in-process)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import fcntl
 import json
 import logging
+import math
 import os
 import socket
 from pathlib import Path
@@ -20,6 +22,8 @@ import pytest
 import torch
 from PIL import Image
 from scipy.io import savemat
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 from data.pfpascal import PFPASCAL_CLASSES
 from data.pfwillow import HEADER
@@ -245,10 +249,9 @@ def real_like_votes(seed: int, src_grid=(19, 25), trg_grid=(25, 19), jump: int =
 
 
 def small_model(moco_temperature: float = 0.07, **cycle):
-    """ResNet-18 MoCo + cycle at random init. The comparison uses smooth temperatures (MoCo 1.0, cycle 0.1)
-    and random crop centres: at the paper's (0.07, 0.0007) the softmaxes act on random-init features as
-    near-argmaxes, which bf16 rounding (and oneDNN's thread-dependent bf16 kernels) flips, so only
-    finiteness is asserted there."""
+    """ResNet-18 MoCo + cycle at random init. The bf16 comparisons use smooth temperatures (MoCo 1.0, cycle
+    0.1) and random crop centres: at the paper's (0.07, 0.0007) the softmaxes act on random-init features as
+    near-argmaxes, which any rounding flips, so only finiteness is asserted there."""
     from models.contrastive import ContrastiveCorrespondence
     from models.cycle import CycleConfig
     from models.moco import MoCoConfig
@@ -257,6 +260,15 @@ def small_model(moco_temperature: float = 0.07, **cycle):
     return ContrastiveCorrespondence(MoCoConfig(arch="resnet18", dim=16, queue_size=32,
                                                 temperature=moco_temperature),
                                      CycleConfig(patch_size=32, **cycle), torch.Generator().manual_seed(1))
+
+
+def bf16_step_data(device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """A well-conditioned training step for bf16 comparisons: 8 MoCo images of 32 px and 2 cycle pairs of
+    64 px. (With 2 MoCo images layer4's batch norm normalises 2 values per channel, 1/std is huge and a
+    2^-8 perturbation of the inputs alone turns the float32 gradient by ~90 degrees.)"""
+    g = torch.Generator().manual_seed(0)
+    shapes = {"im_q": (8, 3, 32, 32), "im_k": (8, 3, 32, 32), "src": (2, 3, 64, 64), "trg": (2, 3, 64, 64)}
+    return {k: torch.randn(*shape, generator=g).to(device or "cpu") for k, shape in shapes.items()}
 
 
 def loss_and_grad(model, data, amp: torch.dtype | None, channels_last: bool = False,
@@ -273,3 +285,58 @@ def loss_and_grad(model, data, amp: torch.dtype | None, channels_last: bool = Fa
     out["loss"].backward()
     grad = torch.cat([p.grad.flatten() for p in model.encoder_q.parameters() if p.grad is not None])
     return out, grad
+
+
+BF16_UNIT_ROUNDOFF = 2.0 ** -8  # 8 significant bits: round-to-nearest moves a value by at most 2^-8 relative
+
+
+class _RetainIntermediates(TorchFunctionMode):
+    """Retains the gradient of every floating-point tensor an op returns (every value autocast may round)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept: dict[int, torch.Tensor] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if (isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point() and t.dim() > 0
+                    and id(t) not in self.kept):
+                with contextlib.suppress(RuntimeError):  # views of leaves, tensors modified in place
+                    t.retain_grad()
+                    self.kept[id(t)] = t
+        return out
+
+
+def bf16_loss_sigma(model, data, device: torch.device | None = None):
+    """A float32 step (`loss_and_grad`) and the first-order standard deviation of its loss if bf16 rounded
+    every input, parameter and intermediate tensor independently: a rounding error uniform in [-u, u]
+    relative (u = 2^-8) has variance u^2 / 3, so sigma = u / sqrt(3) * sqrt(sum over values (t dL/dt)^2).
+    An upper model of autocast, which rounds a subset of these (convolution and matmul inputs and outputs,
+    and what follows them in bf16). Returns (outputs, flat grad, sigma)."""
+    data = {k: v.clone().requires_grad_() for k, v in data.items()}
+    mode = _RetainIntermediates()
+    with mode:
+        out, grad = loss_and_grad(model, data, None, device=device)
+    values = [*mode.kept.values(), *data.values(), *model.parameters()]
+    total = sum(float((t.detach() * t.grad).square().sum()) for t in values if t.grad is not None)
+    return out, grad, BF16_UNIT_ROUNDOFF / math.sqrt(3) * math.sqrt(total)
+
+
+def perturb_like_bf16(model, seed: int) -> list:
+    """Float32 stand-in for bf16 rounding: every conv and linear weight, and every conv and linear input in
+    forward, times (1 +- u), signs at random (each value moved by the most round-to-nearest can move it).
+    Returns the hook handles."""
+    g = torch.Generator().manual_seed(seed)
+
+    def jitter(t: torch.Tensor) -> torch.Tensor:
+        signs = torch.randint(0, 2, t.shape, generator=g).to(t.device, t.dtype) * 2 - 1
+        return t * (1 + BF16_UNIT_ROUNDOFF * signs)
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            with torch.no_grad():
+                m.weight.copy_(jitter(m.weight))
+            handles.append(m.register_forward_pre_hook(lambda mod, args: (jitter(args[0]), *args[1:])))
+    return handles

@@ -18,6 +18,8 @@ import torchvision
 from helpers import REPO, assert_one_line_error, run_eval_cli, spair_pairs, write_small_willow, write_spair
 from torch import nn
 
+from configs.runtime import native_bf16
+
 FAST = ["--weights", "random", "--backbone", "resnet18", "--hyperpixel", "2,3", "--device", "cpu"]
 
 
@@ -59,6 +61,7 @@ def test_pfwillow_end_to_end(willow_root, tmp_path, capsys):
     assert results["thres"] == "bbox" and results["hyperpixel"] == [2, 3]
     assert results["backbone"] == "resnet18"
     assert results["weights"]["weights"] == "random" and results["precision"] == "float32"
+    assert results["layout"] == "channels_last"  # the CPU's default for the network passes
     assert set(results["pck"]) == {"0.05", "0.1", "0.15"}
     rows = _read_csv(out_dir / "per_pair.csv")
     assert list(rows[0]) == ["index", "src", "trg", "class", "n_kps", "pck_0.05", "pck_0.1", "pck_0.15"]
@@ -133,7 +136,9 @@ def test_preset_for_another_backbone_is_fine_with_explicit_ids(willow_root, tmp_
     assert code == 0
     results = json.loads((tmp_path / "o" / "results.json").read_text())
     assert results["matching"]["sim"] == "cosGeo" and results["matching"]["classmap"] == 0
-    assert results["fast"] is True and results["precision"] == "float32"  # TF32 only exists on CUDA
+    native = native_bf16(torch.device("cpu"))  # TF32 only exists on CUDA; bf16 where the CPU has it
+    assert results["fast"] is True and results["precision"] == (f"bf16 backbone ({native})" if native else
+                                                                "float32")
 
 
 @pytest.mark.slow

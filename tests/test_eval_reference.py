@@ -125,6 +125,7 @@ def _assert_matcher_equals_reference(ds, index, exp2, long_side=300):
     model, arch, _ = load_resnet("resnet18", "random", seed=0)
     settings = MatchSettings(exp2=exp2, classmap=1, long_side=long_side)
     matcher = Matcher(HyperpixelBackbone(model, arch), settings)
+    assert matcher.layout == "channels_last"  # the CPU default, against the reference's contiguous layout
     sample = ds[index]
     (xs, ss), (xt, st) = (_load(p, long_side) for p in ds.image_paths(index))
     ids = [2, 3, 5]

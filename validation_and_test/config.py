@@ -54,7 +54,8 @@ class EvalConfig:
     max_pairs: Optional[int] = None
     device: str = "auto"
     seed: int = 0
-    fast: bool = False  # TF32 on CUDA, bf16 backbone + CAM where fast (changes numbers; recorded)
+    fast: bool = False  # TF32 on CUDA, bf16 backbone + CAM where bf16 is native (changes numbers; recorded)
+    layout: Literal["auto", "channels_last", "contiguous"] = "auto"  # network passes' memory layout
     cache_mb: float = 2048.0  # feature-cache budget per process
     num_workers: int = 2  # image-loading workers
     output_dir: Optional[str] = None
@@ -149,8 +150,11 @@ def eval_parent_parser(data_flags: bool = True) -> argparse.ArgumentParser:
     run = p.add_argument_group("run")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d)
     run.add_argument("--fast", action="store_true", default=d,
-                     help="TF32 on CUDA; backbone and CAM in bf16 on CUDA and AMX CPUs (changes numbers; "
-                          "recorded)")
+                     help="TF32 on CUDA; backbone and CAM in bf16 where the device has native bf16 kernels "
+                          "(CUDA, AMX, AVX512-BF16) (changes numbers; recorded)")
+    run.add_argument("--layout", choices=("auto", "channels_last", "contiguous"), default=d,
+                     help="memory layout of the backbone and CAM passes (auto: channels_last on the CPU, "
+                          "contiguous elsewhere; recorded)")
     run.add_argument("--feature-cache", dest="feature_cache", default=d,
                      help="folder of an on-disk per-image feature cache (keyed by image, backbone, weights, "
                           "resolution, ids)")

@@ -112,7 +112,7 @@ class Correspondence:
         self.ids = validate_ids(cfg.hyperpixel, backbone.n_ids)
         self.matcher = Matcher(backbone, MatchSettings.from_config(cfg), self.device, cache_mb=0.0,
                                disk_cache=disk_feature_cache(cfg.feature_cache, self.weights_record))
-        self.numerics["precision"] = self.matcher.precision(self.numerics["precision"])
+        self.numerics = self.matcher.numerics(self.numerics)
 
     @classmethod
     def from_preset(cls, preset: str = "pfpascal", weights: str | None = None, device: str = "auto",

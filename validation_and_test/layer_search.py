@@ -270,7 +270,7 @@ def run_layer_search(cfg: EvalConfig, beam: BeamSettings, score: Literal["pck", 
     if score == "pck":
         matcher = Matcher(backbone, settings, device, cache_mb=cache_mb, cache_blocks=True,
                           disk_cache=disk_feature_cache(cfg.feature_cache, weights_record))
-        numerics["precision"] = matcher.precision(numerics["precision"])
+        numerics = matcher.numerics(numerics)
         from validation_and_test.layer_scores import CachedPairs, PCKScore
 
         scorer = PCKScore(matcher, CachedPairs(dataset, sample_cache_mb), indices, alpha, cfg.thres)

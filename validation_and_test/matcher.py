@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import torch
 
-from configs.runtime import bf16_is_fast, synchronize
+from configs.runtime import native_bf16, synchronize
 from models.backbone import Backbone, hyper_image, validate_ids
 from models.cam import cam_map, cam_weights, linear_head, marginal
 from models.hyper_similarity import FactorisedHyperpixels, factorise, factorised_cosine
@@ -35,6 +35,7 @@ from validation_and_test.preprocess import prepare_image, scale_keypoints
 
 GEO_SIMS = ("OTGeo", "cosGeo")
 OT_SIMS = ("OTGeo", "OT")
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ class MatchSettings:
     hpf: bool = False  # downscale-only resize, margin pruning, RHM on max(0, cos)^3
     long_side: int = 300
     similarity: Literal["factorised", "dense"] = "factorised"  # dense: the (N, D) product (reference)
-    fast: bool = False  # backbone and CAM under bf16 autocast where the device runs bf16 fast
+    fast: bool = False  # backbone and CAM under bf16 autocast where the device has native bf16 kernels
+    layout: Literal["auto", "channels_last", "contiguous"] = "auto"  # network passes; auto: CPU channels_last
     matcher: str = "scot"  # scot | nn (nearest neighbour on the cosine) | nn-mutual
 
     @classmethod
@@ -59,7 +61,8 @@ class MatchSettings:
         """The settings of an `EvalConfig` (test.py and the layer search build them only here)."""
         return cls(sim=cfg.sim, exp1=cfg.exp1, exp2=cfg.exp2, eps=cfg.eps, sinkhorn_iters=cfg.sinkhorn_iters,
                    solver=cfg.solver, classmap=cfg.classmap, hpf=cfg.hpf, long_side=cfg.long_side,
-                   similarity=cfg.similarity, fast=cfg.fast, matcher=cfg.matcher)
+                   similarity=cfg.similarity, fast=cfg.fast, layout=cfg.layout,
+                   matcher=cfg.matcher)
 
     @property
     def resize_rule(self) -> str:
@@ -153,8 +156,11 @@ class Matcher:
                  bf16: bool | None = None, disk_cache: DiskFeatureCache | None = None):
         self.settings = settings or MatchSettings()
         self.device = torch.device(device)
-        # backbone + CAM in bf16 (None: when `settings.fast` and the device runs bf16 fast)
-        self.bf16 = self.settings.fast and bf16_is_fast(self.device) if bf16 is None else bf16
+        # backbone + CAM in bf16 (None: when `settings.fast` and the device has native bf16 kernels)
+        self.bf16_path = native_bf16(self.device) or "emulated"
+        self.bf16 = self.settings.fast and self.bf16_path != "emulated" if bf16 is None else bf16
+        self.layout = resolve_layout(self.settings.layout, self.device)
+        self.memory_format = MEMORY_FORMATS[self.layout]
         self.backbone = backbone.to(self.device).eval()
         self.cam_on = self.settings.needs_cam and backbone.has_classifier
         if self.cam_on:
@@ -174,10 +180,16 @@ class Matcher:
         return "uniform" if self.settings.sim in OT_SIMS and not self.settings.nn else "not used"
 
     def precision(self, base: str) -> str:
-        """The numerics record's precision (`set_faithful_numerics`) plus the bf16 backbone when used."""
+        """The numerics record's precision (`set_faithful_numerics`) plus the bf16 backbone and its path
+        (cuda, amx, avx512_bf16; emulated where forced without native kernels) when used."""
         if not self.bf16:
             return base
-        return "bf16 backbone" if base == "float32" else f"{base} + bf16 backbone"
+        bf16 = f"bf16 backbone ({self.bf16_path})"
+        return bf16 if base == "float32" else f"{base} + {bf16}"
+
+    def numerics(self, base: dict[str, Any]) -> dict[str, Any]:
+        """`set_faithful_numerics`'s record with this matcher's precision and network layout."""
+        return {**base, "precision": self.precision(base["precision"]), "layout": self.layout}
 
     # ----------------------------------------------------------------------------------- features
     @torch.no_grad()
@@ -188,7 +200,8 @@ class Matcher:
         st = self.settings
         key = self.disk.key(img, {"backbone": self.backbone.name, "resize_rule": st.resize_rule,
                                   "long_side": st.long_side, "ids": sorted(int(i) for i in ids),
-                                  "cam": self.cam_on, "bf16": self.bf16, "device": self.device.type})
+                                  "cam": self.cam_on, "bf16": self.bf16, "layout": self.layout,
+                                  "device": self.device.type})
         t0 = time.perf_counter()
         hit = self.disk.get(key)
         if hit is not None:
@@ -207,9 +220,10 @@ class Matcher:
         synchronize(self.device)
         t0 = time.perf_counter()
         x, s = prepare_image(img, self.settings.resize_rule, self.settings.long_side, self.device)
+        x = x.contiguous(memory_format=self.memory_format)  # the input's layout sets the convolutions'
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.backbone.forward_blocks(x, ids, full=self.cam_on)
-        maps = {i: m.float() for i, m in out.maps.items()}
+        maps = {i: m.float().contiguous() for i, m in out.maps.items()}  # matching: one layout
         synchronize(self.device)
         t1 = time.perf_counter()
         cam = None
@@ -323,6 +337,15 @@ class Matcher:
         self.timings["transfer"] += time.perf_counter() - t0
         return PairPrediction(pred=pred, n_uncovered=int((n_neighbours == 0).sum()), src_scale=src.scale,
                               trg_scale=trg.scale)
+
+
+def resolve_layout(layout: str, device: torch.device) -> str:
+    """The memory layout of the network passes: `auto` is channels_last on the CPU (oneDNN's fastest float32
+    convolutions; per-pair PCK unchanged, docs/numerics.md) and contiguous elsewhere (not measured). Set on
+    the input of each pass; the network's weights are left as given (oneDNN reorders them per call)."""
+    if layout == "auto":
+        return "channels_last" if device.type == "cpu" else "contiguous"
+    return layout
 
 
 def _marginal(weights: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ def settings_record(cfg: EvalConfig, *, thres: Optional[str], arch: str, weights
         matching["marginals"] = matcher.cam_rule
         extra = {"input_rule": matcher.backbone.input_rule, "feature_cache_dir": cfg.feature_cache}
     return {"thres": thres, "backbone": arch, **extra, "weights": weights, "matching": matching,
-            "device": numerics["device"], "precision": numerics["precision"], "fast": cfg.fast,
+            "device": numerics["device"], "precision": numerics["precision"],
+            "layout": numerics.get("layout"), "fast": cfg.fast,
             "decoder": "pillow", "preset": preset, "config": config_to_dict(cfg), "git_sha": git_sha(),
             "versions": package_versions()}

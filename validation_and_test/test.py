@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ids = validate_ids(cfg.hyperpixel, backbone.n_ids)
     matcher = Matcher(backbone, MatchSettings.from_config(cfg), info.device, cache_mb=cfg.cache_mb,
                       disk_cache=disk_feature_cache(cfg.feature_cache, weights_record))
-    numerics["precision"] = matcher.precision(numerics["precision"])
+    numerics = matcher.numerics(numerics)
     log.info("%s %s: %d pairs, %s %s, ids %s, device %s (%s), %d process(es)", cfg.dataset, cfg.split,
              len(dataset) if cfg.max_pairs is None else min(len(dataset), cfg.max_pairs), arch,
              weights_record.get("weights"), ",".join(map(str, ids)), info.device, numerics["precision"],
