@@ -46,7 +46,7 @@ def measure(label: str, pairs: int, device: str, cache_dir: str, repeats: int = 
 
     from bench.lookalike import LookalikePairs, lookalike_image
     from configs.runtime import resolve_device, set_faithful_numerics
-    from models.backbones import load_backbone
+    from models.backbone_loader import load_backbone
     from validation_and_test.evaluate import Matcher, MatchSettings, evaluate
     from validation_and_test.feature_store import DiskFeatureCache
 

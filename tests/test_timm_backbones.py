@@ -42,7 +42,7 @@ def demo_test():
 
 @pytest.fixture(scope="module")
 def vit():
-    from models.backbones import load_backbone
+    from models.backbone_loader import load_backbone
 
     return load_backbone(VIT, "random", 0)
 
@@ -120,7 +120,7 @@ def test_timm_resnet50_predicts_exactly_as_torchvision_resnet50(tmp_path, demo_t
     predictions: the two paths run the same operations in the same order, so they agree bit for bit."""
     import timm
 
-    from models.backbones import load_backbone
+    from models.backbone_loader import load_backbone
     from validation_and_test.matcher import Matcher, MatchSettings
 
     torch.manual_seed(3)
@@ -237,7 +237,7 @@ def test_vit_token_geometry_maps_a_patch_centre_back_to_itself(vit, demo_test):
 def test_disk_cache_hits_misses_on_every_key_and_survives_a_kill(vit, demo_test, tmp_path, monkeypatch):
     import os
 
-    from models.backbones import load_backbone
+    from models.backbone_loader import load_backbone
     from validation_and_test.feature_store import DiskFeatureCache
     from validation_and_test.matcher import Matcher, MatchSettings
 
@@ -322,7 +322,7 @@ def test_pretrained_weights_come_from_timms_cache_offline(tmp_path):
     (snapshot.parents[1] / "refs" / "main").write_text("c0ffee")
     save_file(state, str(snapshot / "model.safetensors"))
     torch.save(state, tmp_path / "expected.pt")
-    code = ("import torch; from models.backbones import load_backbone; "
+    code = ("import torch; from models.backbone_loader import load_backbone; "
             f"b, rec = load_backbone('{VIT}', 'imagenet'); e = torch.load(r'{tmp_path / 'expected.pt'}'); "
             "assert all(torch.equal(v, e[k]) for k, v in b.net.state_dict().items()); "
             "print(rec['weights'], rec['hf_hub_id'], rec['tensors_sha256'])")
@@ -340,7 +340,7 @@ def test_pretrained_weights_come_from_timms_cache_offline(tmp_path):
                                   "vit_base_patch16_224.dino", "vit_base_patch16_clip_224.openai",
                                   "vit_base_patch16_224.mae", "resnet50.a1_in1k"])
 def test_every_named_example_matches_offline_with_random_weights(name, demo_test):
-    from models.backbones import load_backbone
+    from models.backbone_loader import load_backbone
     from validation_and_test.matcher import Matcher, MatchSettings
 
     backbone, record = load_backbone(f"timm:{name}", "random", 0)
@@ -411,7 +411,7 @@ def test_pixel_level_fine_tuning_runs_and_its_checkpoint_evaluates(arch, extra, 
     """The DINOv2 config's path at tiny size (vit_tiny; and a timm ResNet-18 at a ResNet stage): demo trn
     pairs, no image stream, two steps; the checkpoint then evaluates through test.py with exactly its
     trained query encoder."""
-    from models.backbones import load_backbone
+    from models.backbone_loader import load_backbone
     from training.metrics import read_metrics
     from training.train import main as train
     from validation_and_test.test import main as test

@@ -19,7 +19,7 @@ from configs.runtime import UserError
 from configs.schema import build_config, load_yaml
 from configs.validate import check_values
 from data import DATASETS
-from models.backbones import check_backbone_name
+from models.backbone_loader import check_backbone_name
 from models.weights import ARCH_BLOCKS
 
 EVAL_PRESET_DIR = CONFIG_DIR / "eval"

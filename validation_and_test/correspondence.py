@@ -24,7 +24,7 @@ import torch
 from configs.runtime import UserError, resolve_device, set_faithful_numerics, synchronize
 from data.io import MIN_IMAGE_SIDE, pil_to_uint8_tensor
 from models.backbone import validate_ids
-from models.backbones import load_backbone
+from models.backbone_loader import load_backbone
 from validation_and_test.config import CONFIG_KEYS, EvalConfig, check_backbone, resolve_config
 from validation_and_test.feature_store import disk_feature_cache
 from validation_and_test.keypoints_io import check_inside, grid_keypoints

@@ -247,7 +247,7 @@ def run_layer_search(cfg: EvalConfig, beam: BeamSettings, score: Literal["pck", 
         unique_suffix,
     )
     from data import build_dataset
-    from models.backbones import load_backbone
+    from models.backbone_loader import load_backbone
     from validation_and_test.evaluate import Matcher, MatchSettings, shard_indices
     from validation_and_test.feature_store import disk_feature_cache
     from validation_and_test.record import settings_record

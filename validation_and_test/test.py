@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = prepare_outputs(cfg, args.overwrite)
     from data import build_dataset
     from models.backbone import validate_ids
-    from models.backbones import load_backbone
+    from models.backbone_loader import load_backbone
     from validation_and_test.evaluate import Matcher, MatchSettings, evaluate, resolve_thres
     from validation_and_test.feature_store import disk_feature_cache
     from validation_and_test.pck_curve import CurveCollector, chain_hooks
