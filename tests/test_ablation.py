@@ -49,10 +49,11 @@ def test_pfwillow_setting_needs_its_folder(tmp_path):
 
 
 @pytest.mark.parametrize("script,flag,value", [("ablation", "--max-pairs", "0"), ("demo", "--bn-pairs", "0"),
-                                               ("ablation", "--bn-pairs", "-2"), ("demo", "--max-pairs", "-1")])
+                                               ("ablation", "--bn-pairs", "-2"),
+                                               ("demo", "--max-pairs", "-1")])
 def test_pair_counts_below_one_are_one_line_errors(script, flag, value):
     """0 never silently means "every pair": a one-line error naming the flag, before any work."""
-    proc = subprocess.run([sys.executable, f"scripts/{script}.py", flag, value, "--output-dir", "/nonexistent/x"],
+    proc = subprocess.run([sys.executable, f"scripts/{script}.py", flag, value, "--output-dir", "/none/x"],
                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
@@ -62,9 +63,10 @@ def test_pair_counts_below_one_are_one_line_errors(script, flag, value):
 @pytest.mark.slow
 def test_ablation_smoke_every_row_two_seeds(tmp_path, capsys):
     out = tmp_path / "abl"
-    rc = ablation_cli.main(["--init", "random", "--output-dir", str(out), "--device", "cpu", "--seeds", "0", "1",
-                            "--max-pairs", "1", "--bn-pairs", "2", "--figure", str(tmp_path / "fig.png"),
-                            "epochs=1", "max_steps=1", "batch_size=4", "pair_batch_size=4", "moco.queue_size=16",
+    rc = ablation_cli.main(["--init", "random", "--output-dir", str(out), "--device", "cpu", "--seeds", "0",
+                            "1", "--max-pairs", "1", "--bn-pairs", "2", "--figure", str(tmp_path / "fig.png"),
+                            "epochs=1", "max_steps=1", "batch_size=4", "pair_batch_size=4",
+                            "moco.queue_size=16",
                             "moco.bn_splits=2", "image_data.image_size=64", "pixel_data.image_size=64",
                             "cycle.patch_size=32", "log.tensorboard=false"])
     assert rc == 0

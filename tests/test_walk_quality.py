@@ -11,7 +11,7 @@ from models.cycle import hard_walk_accuracy
 
 
 def _one_hot(rows: list[int], n: int) -> torch.Tensor:
-    """(1, len(rows), n) row-softmax stand-in whose argmax of row i is rows[i] (not one-hot: 0.6 vs 0.4/n-1)."""
+    """(1, len(rows), n) row-softmax stand-in whose row i peaks at rows[i] (0.6 there, 0.4 / (n - 1) else)."""
     p = torch.full((1, len(rows), n), 0.4 / (n - 1))
     for i, j in enumerate(rows):
         p[0, i, j] = 0.6
