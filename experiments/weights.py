@@ -13,7 +13,7 @@ from configs.runtime import UserError, atomic_torch_save, file_digest
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE1_FILE = REPO / "pretrained_models" / "stage1_resnet18.pth"
-STAGE1_SHA256 = None  # set when the file is shipped
+STAGE1_SHA256 = "7c836967d1f3fa6105651142d1f5fdf537d0e2cd2d8d1eb9a88962bd83a6972d"
 INIT_KINDS = ("shipped", "random")
 
 
