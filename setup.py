@@ -11,7 +11,8 @@ setup(
     ),
     python_requires=">=3.9",
     packages=find_packages(include=["configs", "data", "data.*", "models", "models.*", "training",
-                                    "training.*", "validation_and_test", "validation_and_test.*"]),
+                                    "training.*", "validation_and_test", "validation_and_test.*",
+                                    "experiments"]),
     package_data={"configs": ["*.yaml", "eval/*.yaml", "train/*.yaml"]},
     install_requires=[
         "torch>=2.4",

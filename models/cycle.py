@@ -261,6 +261,21 @@ def masked_coordinate_mse(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Ten
     return (err * weight).sum() / weight.sum().clamp_min(1.0)
 
 
+def hard_walk_accuracy(p02: torch.Tensor, p21: torch.Tensor, centres: torch.Tensor, gt: torch.Tensor,
+                       valid: torch.Tensor, stride: float) -> torch.Tensor:
+    """Share of valid crop cells whose hard-argmax walk (crop -> target -> source, nearest neighbour at each
+    step) lands within one stride (Euclidean, px) of the cell's ground-truth source position.
+
+    p02 (B, m, n), p21 (B, n, n) row-softmaxes; centres (n, 2) source cell centres; gt (B, m, 2);
+    valid (B, m).
+    """
+    to_trg = p02.argmax(dim=2)                                   # (B, m)
+    to_src = torch.gather(p21.argmax(dim=2), 1, to_trg)          # (B, m)
+    hit = ((centres[to_src] - gt).norm(dim=2) <= stride).float()
+    weight = valid.float()
+    return (hit * weight).sum() / weight.sum().clamp_min(1.0)
+
+
 def concentration_loss(points: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Mean over valid cells and both coordinates of the squared distance of `points` (B, m, 2) to their
     per-sample mean over valid cells (valid (B, m) bool); 0 for a sample without valid cells.
@@ -347,6 +362,7 @@ def cycle_loss(encoder: torchvision.models.ResNet, src: torch.Tensor, trg: torch
             # the MSE of predicting each crop's mean ground truth for all its cells (same units as the loss):
             # a walk that has learnt nothing inside the crop cannot beat it
             "cycle_centre_baseline": concentration_loss(gt * unit, valid),
+            "cycle_hard_walk_acc": hard_walk_accuracy(p02, p21, centres_src, gt, valid, size / h1),
         }
         if centre_loss is not None:
             stats["loss_centre"] = centre_loss.detach()

@@ -1,27 +1,29 @@
-"""`scripts/ablation.py`: the summary statistics against a hand computation (fast) and every row at tiny
-size on the demo data (slow)."""
+"""`scripts/ablation.py` over `experiments.ablation`: the summary statistics against a hand computation, the
+pair-count checks (fast) and every row at tiny size on the demo data (slow)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import statistics
+import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from helpers import ENV, REPO
+
+from experiments import ablation
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO_ROOT / "scripts" / f"{name}.py")
+def _load_cli(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
-ablation = _load("ablation")
+ablation_cli = _load_cli("ablation")
 
 
 def test_summary_mean_sample_std_and_table():
@@ -33,7 +35,7 @@ def test_summary_mean_sample_std_and_table():
     assert s["both"]["0.1"]["std"] == 0.0 and s["both"]["0.15"]["min"] == 80.0
     assert s["both"]["0.15"]["std"] == pytest.approx(statistics.stdev([80.0, 90.0, 85.0]))
     table = ablation.format_table(s, "t").splitlines()
-    assert table[2] == "| both branches | 54.0 ± 4.0 | 70.0 ± 0.0 | 85.0 ± 5.0 |"
+    assert table[2] == "| both (the recipe) | 54.0 ± 4.0 | 70.0 ± 0.0 | 85.0 ± 5.0 |"
 
 
 def test_pfwillow_setting_needs_its_folder(tmp_path):
@@ -43,19 +45,32 @@ def test_pfwillow_setting_needs_its_folder(tmp_path):
         ablation.build_setting("pfwillow", "test", str(tmp_path), None)
     (tmp_path / "PF-WILLOW").mkdir()
     setting = ablation.build_setting("pfwillow", "test", str(tmp_path), 300)
-    assert "pixel_data.split=test" in setting.train_overrides and "--max-pairs" in setting.eval_args
+    assert "pixel_data.split=test" in setting.train_overrides and setting.eval_settings["max_pairs"] == 300
+
+
+@pytest.mark.parametrize("script,flag,value", [("ablation", "--max-pairs", "0"), ("demo", "--bn-pairs", "0"),
+                                               ("ablation", "--bn-pairs", "-2"),
+                                               ("demo", "--max-pairs", "-1")])
+def test_pair_counts_below_one_are_one_line_errors(script, flag, value):
+    """0 never silently means "every pair": a one-line error naming the flag, before any work."""
+    proc = subprocess.run([sys.executable, f"scripts/{script}.py", flag, value, "--output-dir", "/none/x"],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {flag} must be at least 1 (got {value}); leave it out to use every pair")
 
 
 @pytest.mark.slow
 def test_ablation_smoke_every_row_two_seeds(tmp_path, capsys):
     out = tmp_path / "abl"
-    rc = ablation.main(["--output-dir", str(out), "--device", "cpu", "--seeds", "0", "1", "--max-pairs", "1",
-                        "--bn-pairs", "2", "--figure", str(tmp_path / "fig.png"),
-                        "epochs=1", "max_steps=1", "batch_size=4", "pair_batch_size=4", "moco.queue_size=16",
-                        "moco.bn_splits=2", "image_data.image_size=64", "pixel_data.image_size=64",
-                        "cycle.patch_size=32", "log.tensorboard=false"])
+    rc = ablation_cli.main(["--init", "random", "--output-dir", str(out), "--device", "cpu", "--seeds", "0",
+                            "1", "--max-pairs", "1", "--bn-pairs", "2", "--figure", str(tmp_path / "fig.png"),
+                            "epochs=1", "max_steps=1", "batch_size=4", "pair_batch_size=4",
+                            "moco.queue_size=16",
+                            "moco.bn_splits=2", "image_data.image_size=64", "pixel_data.image_size=64",
+                            "cycle.patch_size=32", "log.tensorboard=false"])
     assert rc == 0
-    res = json.loads((out / "ablation.json").read_text())
+    res = json.loads((out / "ablation_test.json").read_text())
     assert list(res["rows"]) == list(ablation.ROWS) and res["seeds"] == [0, 1]
     for seed in ("0", "1"):
         for row in ablation.ROWS:
@@ -63,14 +78,14 @@ def test_ablation_smoke_every_row_two_seeds(tmp_path, capsys):
     for row, stats in res["summary"].items():
         vals = [res["per_seed"][s][row]["0.1"] for s in ("0", "1")]
         assert stats["0.1"]["mean"] == pytest.approx(sum(vals) / 2) and stats["0.1"]["n"] == 2
-    assert "both branches + BN re-estimated" in capsys.readouterr().out
-    for png in (out / "ablation.png", tmp_path / "fig.png"):
+    assert "both + BN re-estimated" in capsys.readouterr().out
+    for png in (out / "ablation_test.png", tmp_path / "fig.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the seeds start from different weights; the BN rows differ from their base only in BN statistics
-    w0 = torch.load(out / "seed0" / "init_weights.pth", weights_only=True)
+    w0 = torch.load(out / "seed0" / "init_weights.pth", weights_only=True)  # --init random: one per seed
     w1 = torch.load(out / "seed1" / "init_weights.pth", weights_only=True)
     assert not torch.equal(w0["conv1.weight"], w1["conv1.weight"])
-    bn = torch.load(out / "seed0" / "untrained_bn_weights.pth", weights_only=True)
+    bn = torch.load(out / "seed0" / "init_bn_weights.pth", weights_only=True)
     changed = {k for k in w0 if not torch.equal(w0[k], bn[k])}
     assert changed and all(k.endswith(("running_mean", "running_var", "num_batches_tracked"))
                            for k in changed)

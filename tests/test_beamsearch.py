@@ -108,7 +108,7 @@ def test_split_defaults_and_test_py_settings():
     assert default_search_split("pfwillow") == ("test", True)  # no val split: flagged test-tuned
     import argparse
 
-    from validation_and_test.test import resolve_config
+    from validation_and_test.config import resolve_config
 
     for name in ("pfpascal", "pfwillow", "spair", "demo"):
         cfg, preset, fell_back = resolve_search_config({"dataset": name, "classmap": 0})

@@ -1,5 +1,5 @@
-"""`scripts/demo.py`: BN re-estimation against a direct computation (fast) and `make demo`'s steps at
-reduced size (slow: a few training steps, two test pairs, two BN pairs)."""
+"""`scripts/demo.py` over `experiments.demo`: BN re-estimation against a direct computation, the table
+(fast) and `make demo`'s steps at reduced size (slow: a few training steps, two test pairs, two BN pairs)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,18 @@ import torch.nn.functional as F
 from conftest import REPO_ROOT
 from torch import nn
 
+from experiments import demo
 from models.batchnorm import recalibrate_batchnorm
 
 
-def _load_demo():
+def _load_cli():
     spec = importlib.util.spec_from_file_location("demo_script", REPO_ROOT / "scripts" / "demo.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-demo = _load_demo()
+demo_cli = _load_cli()
 
 
 def _tiny_net() -> nn.Sequential:
@@ -87,10 +88,10 @@ def test_recalibrate_batchnorm_restores_train_mode_and_rejects_no_batches():
 
 def test_format_table_rows_and_values():
     res = {key: {"pck": {"0.05": 10.0 + i, "0.1": 20.0 + i, "0.15": 30.0 + i}}
-           for i, key in enumerate(("untrained", "bn_recalibrated", "trained"))}
+           for i, key in enumerate(("random", "init_bn", "trained"))}
     lines = demo.format_table(res).splitlines()
     assert len(lines) == 4 and "a=0.1" in lines[0]
-    assert lines[2].startswith("untrained, BN re-est.")
+    assert lines[2].startswith("shipped init, BN re-est.")
     assert lines[2].split()[-3:] == ["11.00", "21.00", "31.00"]
     assert lines[3].startswith("trained") and lines[3].split()[-1] == "32.00"
 
@@ -98,22 +99,23 @@ def test_format_table_rows_and_values():
 @pytest.mark.slow
 def test_demo_end_to_end_reduced(tmp_path, capsys):
     out = tmp_path / "demo"
-    rc = demo.main(["--output-dir", str(out), "--device", "cpu", "--max-pairs", "2", "--bn-pairs", "2",
+    rc = demo_cli.main(["--output-dir", str(out), "--device", "cpu", "--max-pairs", "2", "--bn-pairs", "2",
                     "epochs=1", "max_steps=2", "batch_size=4", "pair_batch_size=4", "moco.queue_size=16",
                     "image_data.image_size=64", "pixel_data.image_size=64", "cycle.patch_size=32",
                     "log.interval=1", "log.vis_interval=2", "log.progress=false", "log.tensorboard=false"])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "demo test PCK (%)" in printed and "untrained, BN re-est." in printed
+    assert "demo test PCK (%)" in printed and "shipped init, BN re-est." in printed
 
     res = json.loads((out / "results.json").read_text())
     assert res["dataset"] == "demo" and res["split"] == "test" and res["n_pairs"] == 2
     assert res["train_steps"] == 2
-    for key in ("pck_before", "pck_bn_recalibrated", "pck_after", "pck_after_bn_recalibrated"):
-        assert set(res[key]) == {"0.05", "0.1", "0.15"}
-        assert all(0.0 <= v <= 100.0 for v in res[key].values())
-        assert res[key]["0.05"] <= res[key]["0.1"] <= res[key]["0.15"]
-    assert set(res["wall_s"]) >= {"train_s", "eval_untrained_s", "eval_trained_s"}
+    assert list(res["pck"]) == [key for key, _ in demo.ROWS]
+    for pck in res["pck"].values():
+        assert set(pck) == {"0.05", "0.1", "0.15"}
+        assert all(0.0 <= v <= 100.0 for v in pck.values())
+        assert pck["0.05"] <= pck["0.1"] <= pck["0.15"]
+    assert set(res["wall_s"]) >= {"train_s", "eval_random_s", "eval_init_s", "eval_trained_s"}
     for name in ("training_curves.png", "pixel_level.png"):
         assert name in res["figures"]
     assert any(n.startswith("transfer_before_") for n in res["figures"])
@@ -122,9 +124,9 @@ def test_demo_end_to_end_reduced(tmp_path, capsys):
         png = out / "figs" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
 
-    # the control really differs from the initial weights only in BN running statistics
-    init = torch.load(out / "init_weights.pth", weights_only=True)
-    recal = torch.load(out / "bn_recalibrated_weights.pth", weights_only=True)
+    # the controls really differ from their weights only in BN running statistics
+    init = torch.load(out / "random_init_weights.pth", weights_only=True)
+    recal = torch.load(out / "random_bn_weights.pth", weights_only=True)
     changed = {k for k in init if not torch.equal(init[k], recal[k])}
     bn_keys = ("running_mean", "running_var", "num_batches_tracked")
     assert changed and all(k.endswith(bn_keys) for k in changed)

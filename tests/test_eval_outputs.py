@@ -17,7 +17,7 @@ import torchvision
 from helpers import ENV, REPO, assert_one_line_error, run_eval_cli
 
 from configs import runtime
-from validation_and_test import test as eval_cli
+from validation_and_test import run as run_module
 
 FAST = ["--weights", "random", "--backbone", "resnet18", "--hyperpixel", "2,3", "--device", "cpu"]
 
@@ -84,7 +84,7 @@ def test_disk_full_is_one_line_and_leaves_no_results(self_pairs, tmp_path, capsy
     def full(path, text):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(eval_cli, "atomic_write_text", full)
+    monkeypatch.setattr(run_module, "atomic_write_text", full)
     code, err = run(base(self_pairs, tmp_path / "out"), capsys)
     assert code == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1] == (
@@ -93,7 +93,7 @@ def test_disk_full_is_one_line_and_leaves_no_results(self_pairs, tmp_path, capsy
 
 
 def test_default_output_folders_are_unique():
-    assert eval_cli.default_output_dir("demo") != eval_cli.default_output_dir("demo")
+    assert run_module.default_output_dir("demo") != run_module.default_output_dir("demo")
 
 
 def test_non_finite_weights_are_named(self_pairs, tmp_path, capsys):

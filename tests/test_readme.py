@@ -121,7 +121,9 @@ def parse_script_args(script: str, args: list[str]) -> None:
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
         parsed = module.build_parser().parse_args(args)
-        load_train_config(module.TRAIN_PRESET, parsed.overrides)
+        from experiments.ablation import TRAIN_PRESET
+
+        load_train_config(TRAIN_PRESET, parsed.overrides)
 
 
 @pytest.mark.parametrize("cmd", [c for c in COMMANDS if c.startswith("bash scripts/download")])

@@ -1,0 +1,71 @@
+"""Initial weights for the experiments: seeded random ResNets and the shipped offline stage-1 init.
+
+The shipped file is `pretrained_models/stage1_resnet18.pth` (fp16 plain torchvision state dict, 128-d head),
+made by `scripts/pretrain_offline.py` (`experiments.stage1`); its sha256 is `STAGE1_SHA256` and every
+loader checks it (`shipped_init`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from configs.runtime import UserError, atomic_torch_save, file_digest
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE1_FILE = REPO / "pretrained_models" / "stage1_resnet18.pth"
+STAGE1_SHA256 = "7c836967d1f3fa6105651142d1f5fdf537d0e2cd2d8d1eb9a88962bd83a6972d"
+INIT_KINDS = ("shipped", "random")
+
+
+def write_initial_weights(path: Path, arch: str, seed: int) -> Path:
+    """Seeded torchvision ResNet with a 128-d linear head, saved as a plain state dict (read by every CLI)."""
+    if not path.is_file():
+        from models.weights import load_resnet
+
+        atomic_torch_save(load_resnet(arch, "random", seed)[0].state_dict(), path)
+    return path
+
+
+def shipped_init(path: Path = STAGE1_FILE, sha256: str | None = None) -> Path:
+    """The shipped stage-1 file after checking its sha256; one-line `UserError` when absent or altered."""
+    expected = sha256 or STAGE1_SHA256
+    if not path.is_file():
+        raise UserError(f"{path} not found: the shipped stage-1 init is part of the repository (git checkout "
+                        f"it, or rebuild it with: python scripts/pretrain_offline.py)")
+    got = file_digest(path)
+    if got != expected:
+        raise UserError(f"{path}: sha256 {got[:16]}... does not match the shipped {str(expected)[:16]}... "
+                        f"(a changed or truncated file; git checkout it, or rebuild it with "
+                        f"python scripts/pretrain_offline.py)")
+    return path
+
+
+def initial_weights(kind: str, path: Path, seed: int) -> Path:
+    """`kind` "shipped" -> the verified shipped init (the same for every seed); "random" -> a seeded random
+    ResNet-18 written to `path`."""
+    if kind == "shipped":
+        return shipped_init()
+    if kind == "random":
+        return write_initial_weights(path, "resnet18", seed)
+    raise UserError(f"unknown init {kind!r} (one of {', '.join(INIT_KINDS)})")
+
+
+def export_half(checkpoint: Path, path: Path) -> Path:
+    """A training checkpoint's query encoder as a plain fp16 torchvision state dict (integer buffers kept)."""
+    from models.weights import load_resnet
+
+    net, _, _ = load_resnet("auto", str(checkpoint))
+    sd = {k: (v.half() if v.is_floating_point() else v) for k, v in net.state_dict().items()}
+    atomic_torch_save(sd, path)
+    return path
+
+
+def half_roundtrip_error(checkpoint: Path, half: Path) -> float:
+    """Largest absolute difference between a checkpoint's encoder weights and their fp16 export."""
+    from models.weights import load_resnet
+
+    a = load_resnet("auto", str(checkpoint))[0].state_dict()
+    b = load_resnet("auto", str(half))[0].state_dict()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].is_floating_point())
+
+
