@@ -276,12 +276,13 @@ def test_cycle_search_runs_and_rescores_independently(tmp_path, tiny_config, bac
     assert (spec1.flip, list(spec1.origin)) == (crop1["flip"], crop1["origin"])
 
 
-def test_cli_errors_are_one_line(capsys, tiny_config):
+def test_cli_errors_are_one_line(capsys, tiny_config, tmp_path):
     from configs.runtime import run_cli
     from validation_and_test.beamsearch import main
 
     with pytest.raises(SystemExit) as exc:
-        run_cli(main, [*COMMON[:-4], "--bases", "0-20", "--config", tiny_config, "--output-dir", "/tmp/x"])
+        run_cli(main, [*COMMON[:-4], "--bases", "0-20", "--config", tiny_config, "--output-dir",
+                         str(tmp_path / "out")])
     assert exc.value.code == 2
     assert_one_line_error(exc.value.code, capsys.readouterr().err, "out of range")
 
