@@ -169,9 +169,10 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         for step in range(2):
             im_q, im_k = torch.randn(2, 3, 32, 32, generator=data), torch.randn(2, 3, 32, 32, generator=data)
             if step == 0:
-                record["encoder_k_before"] = copy.deepcopy(moco.encoder_k)
                 record["im_k"] = im_k
             logits, labels = model(im_q, im_k, gen)
+            if step == 0:  # the key encoder that encoded this step's keys (after its momentum update)
+                record["encoder_k_used"] = copy.deepcopy(moco.encoder_k)
             loss = F.cross_entropy(logits, labels)
             opt.zero_grad()
             loss.backward()
@@ -204,16 +205,24 @@ def test_ddp_shuffle_bn_and_enqueue_two_gloo_processes(tmp_path) -> None:
     rows = torch.cat([r0["shuffled"], r1["shuffled"]]).flatten().sort().values
     assert torch.equal(rows, torch.cat([r0["x"], r1["x"]]).flatten().sort().values)
     # first step's keys, recomputed: rank 0's permutation (seed 100) over the gathered key images, each
-    # rank's slice encoded by its own (train-mode BN) key encoder after the momentum update (m=0.999 of
-    # identical weights: unchanged), un-shuffled, in rank order in the queue
+    # rank's slice encoded by its own (train-mode BN) key encoder, un-shuffled, in rank order in the queue.
+    # The recomputation repeats the workers' float operations exactly (the encoders they used, one thread
+    # as they ran), so the keys must be identical: no tolerance (BN over 2 samples of 1x1 layer4 maps would
+    # amplify any rounding difference past any fixed bound)
     im_k = torch.cat([r0["im_k"], r1["im_k"]])
     perm = torch.randperm(4, generator=torch.Generator().manual_seed(100))
-    enc = r0["encoder_k_before"]
-    keys = torch.empty(4, 8)
-    for r in range(2):
-        keys[perm[2 * r:2 * r + 2]] = F.normalize(copy.deepcopy(enc)(im_k[perm[2 * r:2 * r + 2]]), dim=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            keys = torch.empty(4, 8)
+            for r, rec in enumerate((r0, r1)):
+                rows = perm[2 * r:2 * r + 2]
+                keys[rows] = F.normalize(rec["encoder_k_used"](im_k[rows]), dim=1)
+            no_shuffle = torch.cat([F.normalize(rec["encoder_k_used"](im_k[2 * r:2 * r + 2]), dim=1)
+                                    for r, rec in enumerate((r0, r1))])
+    finally:
+        torch.set_num_threads(threads)
     queued = r0["queue_after_first"][:, :4].T
-    # tolerance: BN over 2 samples (1x1 layer4 maps) amplifies thread-count rounding differences
-    assert (queued - keys).abs().max() < 5e-3
-    no_shuffle = torch.cat([F.normalize(copy.deepcopy(enc)(im_k[2 * r:2 * r + 2]), dim=1) for r in range(2)])
+    assert torch.equal(queued, keys)
     assert (queued - no_shuffle).abs().max() > 0.05  # the check above does see the BN batch composition
