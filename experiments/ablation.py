@@ -34,6 +34,7 @@ ROWS = {
     "both": "both (the recipe)",
     "both_bn": "both + BN re-estimated",
 }
+QUIET = ["log.vis_interval=0", "log.progress=false"]  # training overrides: no figures, no progress bar
 BRANCH_OVERRIDES = {"image_only": ["cycle.loss_weight=0"], "pixel_only": ["moco.loss_weight=0"], "both": []}
 
 
@@ -106,7 +107,7 @@ def run_seed(seed: int, rows: Sequence[str], out: Path, setting: Setting, overri
     def trained(row: str) -> Path:
         if row not in weights:
             weights[row] = train_from(init, root / f"train_{row}", seed,
-                                      ["log.vis_interval=0", "log.progress=false", *setting.train_overrides,
+                                      [*QUIET, *setting.train_overrides,
                                        *overrides, *BRANCH_OVERRIDES[row]], device)
         return weights[row]
 

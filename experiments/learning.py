@@ -10,10 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from experiments.ablation import BRANCH_OVERRIDES, train_from
+from experiments.ablation import BRANCH_OVERRIDES, QUIET, train_from
 from experiments.evaluation import evaluate_weights
-
-QUIET = ["log.vis_interval=0", "log.progress=false"]
 
 
 def end_loss_ratio(metrics_path: Path, last: int = 5) -> float:

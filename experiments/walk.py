@@ -4,12 +4,11 @@ On the demo's crops (the stage-2 recipe's cycle settings, `configs/demo.yaml`) o
 generator: the cycle loss (px², soft-argmax walk), its crop-centre baseline (the MSE of answering every
 cell with its crop's mean ground truth: a walk that cannot place cells inside the crop does not beat it)
 and the hard-argmax walk accuracy (share of valid crop cells that return within one stride of their origin,
-`models.cycle.hard_walk_accuracy`). BatchNorm uses batch statistics, as in training (on a copy of the net).
+`models.cycle.hard_walk_accuracy`). BatchNorm uses batch statistics, as in training.
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ def walk_quality(weights: str | Path, split: str = "val", rounds: int = 10, seed
 
     ensure_demo_data()
     cfg = load_train_config(WALK_PRESET, [f"pixel_data.split={split}"])
-    net = copy.deepcopy(load_resnet("resnet18", str(weights))[0]).to(device).train()
+    net = load_resnet("resnet18", str(weights))[0].to(device).train()
     pairs = build_pair_dataset(cfg.pixel_data).dataset
     gen = torch.Generator().manual_seed(seed)
     batch_size = max(1, cfg.pair_batch_size // cfg.moco.bn_splits)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from configs import REPO_ROOT
 from configs.runtime import UserError, atomic_torch_save, file_digest
 
-REPO = Path(__file__).resolve().parents[1]
-STAGE1_FILE = REPO / "pretrained_models" / "stage1_resnet18.pth"
+STAGE1_FILE = REPO_ROOT / "pretrained_models" / "stage1_resnet18.pth"
 STAGE1_SHA256 = "7c836967d1f3fa6105651142d1f5fdf537d0e2cd2d8d1eb9a88962bd83a6972d"
 INIT_KINDS = ("shipped", "random")
 
@@ -26,9 +26,9 @@ def write_initial_weights(path: Path, arch: str, seed: int) -> Path:
     return path
 
 
-def shipped_init(path: Path = STAGE1_FILE, sha256: str | None = None) -> Path:
+def shipped_init(path: Path = STAGE1_FILE) -> Path:
     """The shipped stage-1 file after checking its sha256; one-line `UserError` when absent or altered."""
-    expected = sha256 or STAGE1_SHA256
+    expected = STAGE1_SHA256
     if not path.is_file():
         raise UserError(f"{path} not found: the shipped stage-1 init is part of the repository (git checkout "
                         f"it, or rebuild it with: python scripts/pretrain_offline.py)")
@@ -58,14 +58,4 @@ def export_half(checkpoint: Path, path: Path) -> Path:
     sd = {k: (v.half() if v.is_floating_point() else v) for k, v in net.state_dict().items()}
     atomic_torch_save(sd, path)
     return path
-
-
-def half_roundtrip_error(checkpoint: Path, half: Path) -> float:
-    """Largest absolute difference between a checkpoint's encoder weights and their fp16 export."""
-    from models.weights import load_resnet
-
-    a = load_resnet("auto", str(checkpoint))[0].state_dict()
-    b = load_resnet("auto", str(half))[0].state_dict()
-    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].is_floating_point())
-
 

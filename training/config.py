@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from configs.schema import load_config
-from configs.validate import at_least, check_finite, check_non_negative, check_positive
+from configs.validate import at_least, check_non_negative, check_positive
 from models.cycle import CycleConfig
 from models.moco import MoCoConfig
 
@@ -147,8 +147,7 @@ def check_train_settings(cfg: TrainConfig, overrides: list[str] | tuple[str, ...
              "moco.loss_weight": check_non_negative, "cycle.loss_weight": check_non_negative,
              "max_steps": at_least(1), "num_workers": at_least(0),
              "steps_per_epoch": at_least(1), "image_data.image_size": at_least(16),
-             "pixel_data.image_size": at_least(16), "moco.temperature": check_positive,
-             "moco.momentum": check_finite}
+             "pixel_data.image_size": at_least(16), "moco.temperature": check_positive}
     for key, rule in rules.items():
         value = _dotted(cfg, key)
         if value is not None:

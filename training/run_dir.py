@@ -95,10 +95,11 @@ def read_run_id(out_dir: Path) -> str | None:
     data = path.read_bytes().strip()
     if not data:
         return None
-    if not RUN_ID.fullmatch(data.decode("ascii", errors="replace")):
+    text = data.decode("ascii", errors="replace")  # U+FFFD never matches RUN_ID
+    if not RUN_ID.fullmatch(text):
         raise UserError(f"{path} is not a run id ({len(data)} bytes, not one word of letters and digits); "
                         f"restore it, or start over with --overwrite instead of --resume")
-    return data.decode("ascii")
+    return text
 
 
 # ------------------------------------------------------------------------------------ checkpoints

@@ -303,7 +303,7 @@ def run_layer_search(cfg: EvalConfig, beam: BeamSettings, score: Literal["pck", 
             "n_pairs": len(indices), "max_pairs": cfg.max_pairs, "alpha": alpha if score == "pck" else None,
             "search": beam_settings_json(beam, n_ids), "n_ids": n_ids,
             **settings_record(cfg, thres=thres, arch=arch, weights=weights_record, numerics=numerics,
-                              preset=preset, matcher=matcher if score == "pck" else None),
+                              preset=preset, matcher=matcher),
             "cache": scorer.cache_stats(), "elapsed_s": round(time.perf_counter() - start, 3),
         }
         doc["matching"]["used"] = score == "pck"
