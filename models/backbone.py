@@ -130,8 +130,14 @@ class Backbone(Protocol):
               device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-def _is_timm_resnet(net: nn.Module) -> bool:
+def is_timm_resnet(net: nn.Module) -> bool:
     return type(net).__module__.startswith("timm.") and type(net).__name__ == "ResNet"
+
+
+def resnet_stem(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """conv1 -> bn1 -> ReLU -> max-pool of a torchvision or timm ResNet."""
+    act = net.relu if isinstance(net, ResNet) else net.act1
+    return net.maxpool(act(net.bn1(net.conv1(x))))
 
 
 def _stem_convs(conv1: nn.Module) -> list[nn.Module]:
@@ -149,13 +155,13 @@ class HyperpixelBackbone(nn.Module):
 
     def __init__(self, net: nn.Module, arch: str | None = None, id_family: str | None = None):
         super().__init__()
-        if not (isinstance(net, ResNet) or _is_timm_resnet(net)):
+        if not (isinstance(net, ResNet) or is_timm_resnet(net)):
             raise TypeError("HyperpixelBackbone expects a torchvision or timm ResNet")
         self.net = net
         self.arch = arch
         self.name = arch or type(net).__name__
         self.id_family = id_family or self.name
-        if _is_timm_resnet(net):
+        if is_timm_resnet(net):
             self.has_classifier = isinstance(net.fc, nn.Linear)
         self.blocks: list[nn.Module] = [b for layer in (net.layer1, net.layer2, net.layer3, net.layer4)
                                         for b in layer]
@@ -197,9 +203,7 @@ class HyperpixelBackbone(nn.Module):
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         """conv1 -> bn1 -> ReLU -> max-pool (id 0)."""
-        net = self.net
-        act = net.relu if isinstance(net, ResNet) else net.act1
-        return net.maxpool(act(net.bn1(net.conv1(x))))
+        return resnet_stem(self.net, x)
 
     def forward_blocks(self, x: torch.Tensor, ids: Sequence[int], full: bool = False) -> BlockMaps:
         """Run the network on normalised images x (B, 3, H, W); return the maps of `ids`.
@@ -252,8 +256,7 @@ def resnet_features(net: ResNet, x: torch.Tensor, stage: str = "layer3", block: 
                     relu: bool = True) -> torch.Tensor:
     """Output of block `block` of ResNet stage `stage` (post- or pre-ReLU): (B, C, H/stride, W/stride);
     a torchvision or timm ResNet."""
-    act = net.relu if isinstance(net, ResNet) else net.act1
-    x = net.maxpool(act(net.bn1(net.conv1(x))))
+    x = resnet_stem(net, x)
     for name in ("layer1", "layer2", "layer3", "layer4"):
         layer = getattr(net, name)
         if name != stage:

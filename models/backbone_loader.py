@@ -14,22 +14,22 @@ from typing import Any
 from torch import nn
 
 from configs.runtime import UserError
-from models.backbone import Backbone, HyperpixelBackbone
+from models.backbone import Backbone, HyperpixelBackbone, is_timm_resnet
 from models.timm_models import is_vit, load_timm, timm_name
-from models.weights import ARCH_BLOCKS, load_resnet
+from models.weights import ARCH_BLOCKS, arch_for_blocks, load_resnet
 
 
 def resnet_family(net: Any) -> str | None:
     """The ARCH_BLOCKS name with the same blocks per stage and block type as ResNet `net` (None if none)."""
-    shape = (tuple(len(getattr(net, f"layer{i}")) for i in range(1, 5)), hasattr(net.layer1[0], "conv3"))
-    return next((arch for arch, blocks in ARCH_BLOCKS.items() if blocks == shape), None)
+    return arch_for_blocks(tuple(len(getattr(net, f"layer{i}")) for i in range(1, 5)),
+                           hasattr(net.layer1[0], "conv3"))
 
 
 def wrap_timm(net: Any, name: str) -> Backbone:
     """The hyperpixel wrapper of timm model `net`: ResNet -> `HyperpixelBackbone`, ViT -> `ViTHyperpixels`."""
     kind = type(net).__name__
     label = f"timm:{name}"
-    if kind == "ResNet" and type(net).__module__.startswith("timm."):
+    if is_timm_resnet(net):
         if any(not isinstance(getattr(b, "aa", None), nn.Identity) for layer in
                (net.layer1, net.layer2, net.layer3, net.layer4) for b in layer):
             raise UserError(f"{label}: anti-aliased downsampling (aa layers) moves the strides that the "

@@ -48,7 +48,7 @@ from models.crop import (
     tracking_grid,
     warp,
 )
-from models.timm_models import is_vit
+from models.timm_models import is_vit, vit_patch
 from models.vit_backbone import vit_block_tokens
 
 
@@ -126,12 +126,12 @@ def self_attention(f4: torch.Tensor, pooled: Optional[torch.Tensor] = None) -> t
 
 def feature_stride(net: nn.Module, cfg: CycleConfig) -> int:
     """Stride (px) of phi: the patch size of a ViT, else the ResNet stage's."""
-    return int(net.patch_embed.patch_size[0]) if is_vit(net) else STAGE_STRIDE[cfg.feature_stage]
+    return attention_stride(net) if is_vit(net) else STAGE_STRIDE[cfg.feature_stage]
 
 
 def attention_stride(net: nn.Module) -> int:
     """Stride (px) of the attention features: a ViT's patch size, a ResNet's layer4 (32)."""
-    return int(net.patch_embed.patch_size[0]) if is_vit(net) else STAGE_STRIDE["layer4"]
+    return vit_patch(net) if is_vit(net) else STAGE_STRIDE["layer4"]
 
 
 def check_encoder(net: nn.Module, cfg: CycleConfig, what: str) -> None:

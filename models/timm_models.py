@@ -51,6 +51,11 @@ def is_vit(net: nn.Module) -> bool:
     return all(hasattr(net, a) for a in ("patch_embed", "blocks", "forward_intermediates"))
 
 
+def vit_patch(net: nn.Module) -> int:
+    """Patch size (px) of timm ViT `net`: the stride of its token grid."""
+    return int(net.patch_embed.patch_size[0])
+
+
 def check_timm_name(name: str) -> None:
     """One-line `UserError` for a name timm does not know."""
     import timm

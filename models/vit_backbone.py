@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.backbone import BlockMaps
-from models.timm_models import is_vit
+from models.timm_models import is_vit, vit_patch
 
 
 def vit_input_size(height: int, width: int, patch: int) -> tuple[int, int]:
@@ -46,8 +46,13 @@ def token_boxes(grid: tuple[int, int], size: tuple[int, int], device: torch.devi
 def vit_block_tokens(net: nn.Module, x: torch.Tensor, block: int) -> torch.Tensor:
     """Patch tokens (B, C, H/p, W/p) of block `block` (negative: from the end) of timm ViT `net` for images
     x (B, 3, H, W) whose sides are multiples of the patch size p (the training crops)."""
-    return net.forward_intermediates(x, indices=[block % len(net.blocks)], norm=False, stop_early=True,
-                                     output_fmt="NCHW", intermediates_only=True)[0]
+    return block_token_grids(net, x, [block % len(net.blocks)])[0]
+
+
+def block_token_grids(net: nn.Module, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
+    """Patch-token grids (B, C, H/p, W/p) of blocks `indices` (before the final norm; no prefix tokens)."""
+    return net.forward_intermediates(x, indices=list(indices), norm=False, stop_early=True, output_fmt="NCHW",
+                                     intermediates_only=True)
 
 
 class ViTHyperpixels(nn.Module):
@@ -61,11 +66,10 @@ class ViTHyperpixels(nn.Module):
             raise TypeError(f"{name} is not a timm VisionTransformer")
         self.net = net
         self.name = self.id_family = name
-        self.patch = int(net.patch_embed.patch_size[0])
+        self.patch = vit_patch(net)
         self.n_ids = len(net.blocks)
         self.jumps = [self.patch] * self.n_ids
         self.receptive_fields = [self.patch] * self.n_ids  # the box of a token: its patch
-        self.channels = [int(net.embed_dim)] * self.n_ids
         self.input_rule = (f"bilinear resize to the nearest multiple of the patch {self.patch} per side; "
                            f"position embeddings interpolated (timm dynamic_img_size); patch tokens of "
                            f"each block, prefix tokens ({int(net.num_prefix_tokens)}) dropped")
@@ -80,9 +84,7 @@ class ViTHyperpixels(nn.Module):
         size = vit_input_size(x.shape[-2], x.shape[-1], self.patch)
         if size != tuple(x.shape[-2:]):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
-        outs = self.net.forward_intermediates(x, indices=ids, norm=False, stop_early=True, output_fmt="NCHW",
-                                              intermediates_only=True)
-        return BlockMaps(maps=dict(zip(ids, outs)), final=None)
+        return BlockMaps(maps=dict(zip(ids, block_token_grids(self.net, x, ids))), final=None)
 
     def forward_final(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError("a ViT has no spatial final map for CAM")

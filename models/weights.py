@@ -115,8 +115,12 @@ def infer_arch(state_dict: dict[str, torch.Tensor]) -> str | None:
     for stage in range(1, 5):
         idx = {int(m.group(1)) for k in state_dict if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
         counts.append(max(idx) + 1 if idx else 0)
-    shape = (tuple(counts), "layer1.0.conv3.weight" in state_dict)
-    return next((arch for arch, blocks in ARCH_BLOCKS.items() if blocks == shape), None)
+    return arch_for_blocks(tuple(counts), "layer1.0.conv3.weight" in state_dict)
+
+
+def arch_for_blocks(counts: tuple[int, ...], bottleneck: bool) -> str | None:
+    """The ARCH_BLOCKS name with these blocks per stage and block type (None when none has them)."""
+    return next((arch for arch, blocks in ARCH_BLOCKS.items() if blocks == (counts, bottleneck)), None)
 
 
 def head_for(state_dict: dict[str, torch.Tensor]) -> nn.Module:
