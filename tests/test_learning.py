@@ -2,7 +2,9 @@
 
 From the shipped stage-1 init, the ablation's pixel-level-only row (configs/demo.yaml + moco.loss_weight=0,
 60 steps on demo trn, seed 0; `experiments.learning.pixel_level_check`) must end with its cycle loss below
-its crop-centre baseline, and should raise demo val PCK@0.1 above the init's.
+its crop-centre baseline. The issue's second check, demo val PCK@0.1 above the init's, is not met and is not
+asserted (a non-strict expected failure could never fail); its numbers are below and in the loss check's
+message.
 
 Measured for exactly this run (one thread, seeds 0, 1, 2; README "Ablation", learning test):
 - end cycle loss / centre baseline (mean of the last 5 logged steps): 0.891, 0.826, 0.879 (mean 0.865, std
@@ -22,7 +24,6 @@ from experiments.learning import pixel_level_check
 from experiments.weights import shipped_init
 
 LOSS_RATIO_MAX = 1.0  # the crop-centre baseline; measured 0.865 ± 0.035 (shipped), 1.304 (random)
-PCK_GAIN_MIN = 0.0    # "above the init's"; measured -3.0 ± 4.7 points: not met (see the module doc)
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +35,3 @@ def check(tmp_path_factory):
 def test_pixel_level_walk_lands_inside_the_crop_after_stage2(check):
     assert check["loss_ratio"] < LOSS_RATIO_MAX, check
 
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="measured -3.0 ± 4.7 PCK@0.1 points over seeds 0-2 from the shipped "
-                                        "init: pixel-level stage 2 does not yet raise demo val PCK")
-def test_pixel_level_stage2_raises_demo_val_pck(check):
-    gain = check["pck_trained"]["0.1"] - check["pck_init"]["0.1"]
-    assert gain > PCK_GAIN_MIN, check
