@@ -47,17 +47,27 @@ def assert_one_line_error(code: int | None, err: str, needle: str = "", alone: b
     assert not alone or len(lines) == 1, err
 
 
-def run_eval_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    """`validation_and_test/test.py` in-process through `run_cli`, as a user starts it: (exit status, stdout,
-    stderr)."""
-    from configs.runtime import run_cli
-    from validation_and_test.test import main
+CLI_LOGGERS = ("train", "eval", "data", "search", "match")
 
-    logging.getLogger("eval").handlers.clear()  # rebind the CLI logger to this test's captured stderr
+
+def run_cli_captured(main, argv: list[str], capsys) -> tuple[int, str, str]:
+    """A CLI's `main` in-process through `run_cli`, as a user starts it: (exit status, stdout, stderr). The
+    project's loggers are first rebound to this test's captured stderr (they keep the first stream)."""
+    from configs.runtime import run_cli
+
+    for name in CLI_LOGGERS:
+        logging.getLogger(name).handlers.clear()
     with pytest.raises(SystemExit) as done:
         run_cli(main, argv)
     out = capsys.readouterr()
     return int(done.value.code), out.out, out.err
+
+
+def run_eval_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """`validation_and_test/test.py` in-process (`run_cli_captured`)."""
+    from validation_and_test.test import main
+
+    return run_cli_captured(main, argv, capsys)
 
 
 def hold_lock(folder: Path) -> int:

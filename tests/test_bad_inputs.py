@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ENV, REPO, assert_one_line_error, hold_lock
+from helpers import CLI_LOGGERS, ENV, REPO, assert_one_line_error, hold_lock
 
 from configs.runtime import run_cli
 
@@ -326,7 +326,7 @@ CASES = [pytest.param(cli, argv, needle, id=f"{cli}-{name}")
 @pytest.fixture(autouse=True)
 def fresh_loggers():
     """The project's loggers bind the stderr of the test that created them: start each case afresh."""
-    names = ("train", "eval", "data", "search", "match")
+    names = CLI_LOGGERS
     for name in names:
         logging.getLogger(name).handlers.clear()
     yield

@@ -8,15 +8,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import shlex
 
 import numpy as np
 import pytest
 import torch
 import torchvision
-
-from configs.runtime import run_cli
+from helpers import run_cli_captured
 
 pytest.importorskip("timm")
 
@@ -48,11 +46,8 @@ def vit():
 
 
 def _cli(main, argv, capsys) -> tuple[int, str]:
-    for name in ("eval", "match"):
-        logging.getLogger(name).handlers.clear()
-    with pytest.raises(SystemExit) as done:
-        run_cli(main, argv)
-    return int(done.value.code), capsys.readouterr().err
+    code, _, err = run_cli_captured(main, argv, capsys)
+    return code, err
 
 
 # ------------------------------------------------------------------------------------------ CLIs
@@ -118,23 +113,17 @@ def test_match_py_with_a_vit(tiny_config, tmp_path, capsys):
 def test_timm_resnet50_predicts_exactly_as_torchvision_resnet50(tmp_path, demo_test):
     """Same weights (torchvision's state dict under timm's names) -> the same ids, the same CAM, the same
     predictions: the two paths run the same operations in the same order, so they agree bit for bit."""
-    import timm
-
     from models.backbone_loader import load_backbone
     from validation_and_test.matcher import Matcher, MatchSettings
 
     torch.manual_seed(3)
-    tv = torchvision.models.resnet50(weights=None)
-    sd = tv.state_dict()
-    timm_keys = timm.create_model("resnet50", pretrained=False).state_dict()
+    sd = torchvision.models.resnet50(weights=None).state_dict()
+    torch.save(sd, tmp_path / "weights.pth")
+    a, _ = load_backbone("resnet50", str(tmp_path / "weights.pth"))
+    b, rec = load_backbone("timm:resnet50.a1_in1k", str(tmp_path / "weights.pth"))
     # timm's resnet50 uses torchvision's names (conv1, bn1, layer1.0.conv1, downsample.0, fc): the map is 1:1
-    mapped = dict(sd)
-    assert set(mapped) == set(timm_keys)
-    assert all(mapped[k].shape == v.shape for k, v in timm_keys.items())
-    torch.save(sd, tmp_path / "tv.pth")
-    torch.save(mapped, tmp_path / "timm.pth")
-    a, _ = load_backbone("resnet50", str(tmp_path / "tv.pth"))
-    b, rec = load_backbone("timm:resnet50.a1_in1k", str(tmp_path / "timm.pth"))
+    timm_sd = b.net.state_dict()
+    assert set(sd) == set(timm_sd) and all(sd[k].shape == v.shape for k, v in timm_sd.items())
     assert type(b.net).__module__.startswith("timm.") and b.id_family == "resnet50"
     assert (b.n_ids, b.jumps, b.receptive_fields) == (a.n_ids, a.jumps, a.receptive_fields)
     assert rec["kind"] == "timm" and rec["arch"] == "timm:resnet50.a1_in1k"
