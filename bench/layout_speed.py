@@ -22,8 +22,7 @@ import torch  # noqa: E402
 
 from bench.lookalike import lookalike_image  # noqa: E402
 from configs.runtime import resolve_device, set_faithful_numerics  # noqa: E402
-from models.backbone import HyperpixelBackbone  # noqa: E402
-from models.weights import load_resnet  # noqa: E402
+from models.backbone_loader import load_backbone  # noqa: E402
 from validation_and_test.config import parse_ids  # noqa: E402
 from validation_and_test.matcher import Matcher, MatchSettings  # noqa: E402
 
@@ -44,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     set_faithful_numerics(device)
-    model, arch, _ = load_resnet(args.backbone, "random", seed=0)
-    backbone = HyperpixelBackbone(model, arch)
+    backbone, _ = load_backbone(args.backbone, "random", seed=0)
+    arch = backbone.name
     matchers = {layout: Matcher(backbone, MatchSettings(layout=layout), device, cache_mb=0,
                                 bf16=args.bf16) for layout in LAYOUTS}
     img, _ = lookalike_image(0, (225, 300))

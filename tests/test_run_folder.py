@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 
 import pytest
@@ -190,10 +189,7 @@ def test_sigterm_removes_the_lock(tmp_path):
     with live_run(tmp_path) as holder:
         holder.send_signal(signal.SIGTERM)
         assert holder.wait(timeout=60) == 128 + signal.SIGTERM
-    deadline = time.monotonic() + 5
-    while (tmp_path / ".lock").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not (tmp_path / ".lock").exists()
+    assert not (tmp_path / ".lock").exists()  # the handlers ran before the process exited
 
 
 def test_resume_auto_with_nothing_says_it_starts_fresh(tmp_path, caplog):
