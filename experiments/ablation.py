@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from configs import CONFIG_DIR
 from configs.runtime import UserError
 from experiments.evaluation import ALPHAS, evaluate_weights, pair_images, write_bn_recalibrated
+from experiments.runs import train_from
 from experiments.weights import initial_weights
 
-TRAIN_PRESET = CONFIG_DIR / "demo.yaml"
 ROWS = {
     "init": "init",
     "init_bn": "init + BN re-estimated",
@@ -75,18 +74,6 @@ def build_setting(name: str, split: str, datapath: str | None, max_pairs: int | 
     raise UserError(f"unknown setting {name!r} (demo or pfwillow)")
 
 
-def train_from(init: Path, out_dir: Path, seed: int, overrides: Sequence[str], device: str) -> Path:
-    """Train `configs/demo.yaml` + `overrides` from `init` in `out_dir` (resumes); returns the last
-    checkpoint."""
-    from training.config import load_train_config
-    from training.trainer import train
-
-    cfg = load_train_config(TRAIN_PRESET, [f"seed={seed}", "init.kind=checkpoint", f"init.checkpoint={init}",
-                                           *overrides])
-    summary = train(cfg, out_dir, resume="auto", device=device, preset=str(TRAIN_PRESET))
-    return Path(summary["checkpoint"]) if summary["checkpoint"] else out_dir / "checkpoints" / "last.pth"
-
-
 def run_seed(seed: int, rows: Sequence[str], out: Path, setting: Setting, overrides: Sequence[str],
              device: str, init_kind: str = "shipped", bn_pairs: int | None = None
              ) -> dict[str, dict[str, float]]:
@@ -106,9 +93,8 @@ def run_seed(seed: int, rows: Sequence[str], out: Path, setting: Setting, overri
 
     def trained(row: str) -> Path:
         if row not in weights:
-            weights[row] = train_from(init, root / f"train_{row}", seed,
-                                      [*QUIET, *setting.train_overrides,
-                                       *overrides, *BRANCH_OVERRIDES[row]], device)
+            extra = [*QUIET, *setting.train_overrides, *overrides, *BRANCH_OVERRIDES[row]]
+            weights[row], _ = train_from(init, root / f"train_{row}", seed, extra, device)
         return weights[row]
 
     for row in rows:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from configs.runtime import UserError, atomic_write_json
-from experiments.ablation import TRAIN_PRESET
 from experiments.evaluation import (
     ALPHAS,
     check_pair_count,
@@ -25,6 +24,7 @@ from experiments.evaluation import (
     pair_images,
     write_bn_recalibrated,
 )
+from experiments.runs import TRAIN_PRESET, init_overrides, train_from
 from experiments.weights import shipped_init, write_initial_weights
 
 ROWS = (("random", "random init"), ("random_bn", "random init, BN re-est."), ("init", "shipped init"),
@@ -91,7 +91,6 @@ def run_demo(out: Path, device: str = "auto", seed: int = 0, max_pairs: int | No
     from configs.runtime import resolve_device
     from data.demo import ensure_demo_data
     from training.config import load_train_config
-    from training.trainer import train
 
     check_pair_count(max_pairs, "--max-pairs")
     check_pair_count(bn_pairs, "--bn-pairs")
@@ -102,11 +101,11 @@ def run_demo(out: Path, device: str = "auto", seed: int = 0, max_pairs: int | No
     print(f"[1/6] demo data: {ensure_demo_data()}")
     random_init = write_initial_weights(out / "random_init_weights.pth", "resnet18", seed)
     init = shipped_init()
-    cfg = load_train_config(TRAIN_PRESET, [f"seed={seed}", "init.kind=checkpoint", f"init.checkpoint={init}",
-                                           *overrides])
+    cfg = load_train_config(TRAIN_PRESET, [*init_overrides(init, seed), *overrides])  # checked up front
     if cfg.moco.arch != "resnet18":
         raise UserError("the demo evaluates a ResNet-18; do not override moco.arch")
     dev = resolve_device(device)
+    long_side = eval_long_side()  # of the demo's evaluation preset: BN is re-estimated at it
     settings = {"split": "test", "max_pairs": max_pairs}
     wall["data_and_init_s"] = time.perf_counter() - t0
     evals: dict[str, dict[str, Any]] = {}
@@ -119,7 +118,7 @@ def run_demo(out: Path, device: str = "auto", seed: int = 0, max_pairs: int | No
         wall[f"eval_{key}_s"] = time.perf_counter() - t
 
     def with_bn(key: str, weights: Path) -> Path:
-        images = pair_images("demo", None, "trn", eval_long_side(), dev, bn_pairs)
+        images = pair_images("demo", None, "trn", long_side, dev, bn_pairs)
         return write_bn_recalibrated(weights, out / f"{key}_weights.pth", images, dev)
 
     print("[2/6] reference: a seeded random ResNet-18, as is and with BN statistics re-estimated")
@@ -130,10 +129,9 @@ def run_demo(out: Path, device: str = "auto", seed: int = 0, max_pairs: int | No
     run_eval("init_bn", with_bn("init_bn", init))
     print("[4/6] stage 2 from the shipped init (MoCo + pixel-level cycle) with configs/demo.yaml")
     t = time.perf_counter()
-    summary = train(cfg, out / "train", resume="auto", device=device, preset=str(TRAIN_PRESET))
+    trained, summary = train_from(init, out / "train", seed, overrides, device)
     wall["train_s"] = time.perf_counter() - t
     print("[5/6] evaluating the trained network, as trained and with BN statistics re-estimated")
-    trained = Path(summary["checkpoint"] or out / "train" / "checkpoints" / "last.pth")  # None: already done
     run_eval("trained", trained, vis=True)
     run_eval("trained_bn", with_bn("trained_bn", trained))
     print("[6/6] figures")
@@ -145,7 +143,7 @@ def run_demo(out: Path, device: str = "auto", seed: int = 0, max_pairs: int | No
         "hyperpixel": first["hyperpixel"], "alphas": list(ALPHAS), "init": str(init),
         "pck": {key: evals[key]["pck"] for key, _ in ROWS},
         "bn_recalibration": {"images": "demo trn pairs, source and target", "pairs": bn_pairs,
-                             "long_side": eval_long_side(), "momentum": None},
+                             "long_side": long_side, "momentum": None},
         "train_steps": summary["step"], "checkpoint": str(summary["checkpoint"]),
         "wall_s": {k: round(v, 1) for k, v in wall.items()}, "figures": written,
     }

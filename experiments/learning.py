@@ -10,8 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from experiments.ablation import BRANCH_OVERRIDES, QUIET, train_from
+from experiments.ablation import BRANCH_OVERRIDES, QUIET
 from experiments.evaluation import evaluate_weights
+from experiments.runs import train_from
 
 
 def end_loss_ratio(metrics_path: Path, last: int = 5) -> float:
@@ -24,7 +25,7 @@ def end_loss_ratio(metrics_path: Path, last: int = 5) -> float:
 def pixel_level_check(init: Path, out: Path, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     """Train the pixel-only row from `init` into `out/train` (resumes), evaluate init and result on demo val
     -> {"loss_ratio": end cycle loss / centre baseline, "pck_init", "pck_trained": {alpha: PCK (%)}}."""
-    trained = train_from(init, out / "train", seed, [*QUIET, *BRANCH_OVERRIDES["pixel_only"]], device)
+    trained, _ = train_from(init, out / "train", seed, [*QUIET, *BRANCH_OVERRIDES["pixel_only"]], device)
     settings = {"split": "val"}
     return {"loss_ratio": end_loss_ratio(out / "train" / "metrics.jsonl"),
             "pck_init": evaluate_weights(init, out / "eval_init_val", device, settings)["pck"],

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from configs import CONFIG_DIR
+from experiments.runs import train_from
 from experiments.weights import export_half, write_initial_weights
 
 STAGE1_PRESET = CONFIG_DIR / "pretrain_offline.yaml"
@@ -23,15 +24,9 @@ def pretrain_offline(out_dir: Path, seed: int = 0, device: str = "auto", overrid
     fp16 encoder to `export` (default `out_dir/stage1_resnet18.pth`). Returns the training summary plus
     "export" (the written path)."""
     from data.demo import ensure_demo_data
-    from training.config import load_train_config
-    from training.trainer import train
-
     ensure_demo_data()
     out_dir = Path(out_dir)
     init = write_initial_weights(out_dir / "random_init.pth", "resnet18", seed)
-    cfg = load_train_config(STAGE1_PRESET, [f"seed={seed}", "init.kind=checkpoint", f"init.checkpoint={init}",
-                                            *overrides])
-    summary = train(cfg, out_dir / "train", resume="auto", device=device, preset=str(STAGE1_PRESET))
-    last = Path(summary["checkpoint"] or out_dir / "train" / "checkpoints" / "last.pth")
+    last, summary = train_from(init, out_dir / "train", seed, overrides, device, preset=STAGE1_PRESET)
     summary["export"] = str(export_half(last, Path(export or out_dir / "stage1_resnet18.pth")))
     return summary

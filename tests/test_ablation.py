@@ -94,3 +94,27 @@ def test_ablation_smoke_every_row_two_seeds(tmp_path, capsys):
                  .splitlines()] for row in ("image_only", "pixel_only"))
     assert "loss_cycle" not in img[-1] and "loss_moco" in img[-1]
     assert "loss_moco" not in pix[-1] and "loss_cycle" in pix[-1]
+
+
+@pytest.mark.slow  # two training steps on 2 CPU threads: about 15 s
+def test_stage1_trains_from_its_seeded_init_and_exports_fp16(tmp_path):
+    """Stage 1 (`experiments.stage1`) at tiny size: its init is the seeded random ResNet-18, its export is the
+    trained query encoder in fp16 (integer buffers kept), and a second call resumes instead of retraining."""
+    from experiments.stage1 import pretrain_offline
+    from models.weights import load_resnet
+
+    summary = pretrain_offline(tmp_path, seed=0, device="cpu", overrides=["max_steps=2"])
+    assert summary["step"] == 2
+    random = load_resnet("resnet18", "random", 0)[0].state_dict()
+    init = torch.load(tmp_path / "random_init.pth", weights_only=True)
+    assert all(torch.equal(init[k], v) for k, v in random.items())
+    exported = torch.load(summary["export"], weights_only=True)
+    trained = load_resnet("auto", str(tmp_path / "train" / "checkpoints" / "last.pth"))[0].state_dict()
+    assert set(exported) == set(trained)
+    for k, v in trained.items():
+        assert exported[k].dtype == (torch.float16 if v.is_floating_point() else v.dtype), k
+        assert torch.equal(exported[k], v.half() if v.is_floating_point() else v), k
+    assert any(not torch.equal(trained[k], random[k]) for k in random if random[k].is_floating_point())
+    again = pretrain_offline(tmp_path, seed=0, device="cpu", overrides=["max_steps=2"])
+    assert again["step"] == 2 and again["checkpoint"] is None  # resumed at its end: no step, no new save
+    assert torch.equal(torch.load(again["export"], weights_only=True)["fc.weight"], exported["fc.weight"])

@@ -121,7 +121,7 @@ def parse_script_args(script: str, args: list[str]) -> None:
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
         parsed = module.build_parser().parse_args(args)
-        from experiments.ablation import TRAIN_PRESET
+        from experiments.runs import TRAIN_PRESET
 
         load_train_config(TRAIN_PRESET, parsed.overrides)
 
