@@ -93,6 +93,7 @@ TRAIN_CASES: dict[str, tuple[Argv, str]] = {
     "clip_zero": (_train("optim.clip_grad_norm=0"), "optim.clip_grad_norm"),
     "clip_per_term_negative": (_train("optim.clip_grad_norm_per_term=-1"),
                                "optim.clip_grad_norm_per_term=-1"),
+    "pixel_only_stream_with_moco": (_train("image_data.source=none"), "image_data.source=none leaves"),
     "clip_per_term_zero": (_train("optim.clip_grad_norm_per_term=0"), "optim.clip_grad_norm_per_term=0"),
     "clip_per_term_nan": (_train("optim.clip_grad_norm_per_term=.nan"), "optim.clip_grad_norm_per_term"),
     "centre_loss_weight_inf": (_train("cycle.centre_loss_weight=.inf"), "'cycle.centre_loss_weight' must be "

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+from configs.runtime import UserError
 from configs.schema import load_config
 from configs.validate import at_least, check_non_negative, check_positive
 from models.cycle import CycleConfig
@@ -152,6 +153,9 @@ def check_train_settings(cfg: TrainConfig, overrides: list[str] | tuple[str, ...
         value = _dotted(cfg, key)
         if value is not None:
             rule(key, value, "command line" if key in given else preset or "config")
+    if cfg.image_data.source == "none" and cfg.moco.loss_weight != 0:
+        raise UserError("image_data.source=none leaves the MoCo branch without images: set "
+                        "moco.loss_weight=0")
 
 
 def _dotted(cfg: Any, key: str) -> Any:

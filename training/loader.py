@@ -134,10 +134,7 @@ def build_training_data(cfg: TrainConfig, info: DistInfo, images: Dataset | None
                         pairs: PairSelection | None = None) -> TrainingData:
     """Datasets, rank-disjoint seeded samplers and the DataLoader (one per rank). With
     `image_data.source: none` there is no image stream and an epoch is one pass over the pairs."""
-    pixel_only = cfg.image_data.source == "none"
-    if pixel_only and cfg.moco.loss_weight != 0:
-        raise UserError("image_data.source=none leaves the MoCo branch without images: set "
-                        "moco.loss_weight=0")
+    pixel_only = cfg.image_data.source == "none"  # with moco.loss_weight 0 (check_train_settings)
     if images is None and not pixel_only:
         images = build_image_dataset(cfg.image_data, cfg.seed)
     pairs = pairs if pairs is not None else build_pair_dataset(cfg.pixel_data)
