@@ -100,7 +100,7 @@ def init_from_timm(moco: nn.Module, arch: str) -> dict[str, Any]:
     if name is None:
         raise UserError(f"init.kind=timm needs moco.arch=timm:NAME, got {arch}")
     net, record = load_timm(name, "imagenet")
-    head = (getattr(net, "pretrained_cfg", None) or {}).get("classifier") or "head"
+    head = head_name(name)
     sd = {k: v for k, v in net.state_dict().items() if not k.startswith(f"{head}.")}
     for enc in (moco.encoder_q, moco.encoder_k):
         missing, unexpected = enc.load_state_dict(sd, strict=False)
@@ -137,8 +137,11 @@ def state_digest(net: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _shape(t: Any) -> tuple[int, ...] | None:
-    return None if t is None else tuple(t.shape)
+def head_name(name: str) -> str:
+    """The module name of timm model `name`'s classifier (from its pretrained config; no model is built)."""
+    import timm
+
+    return timm.models.get_pretrained_cfg_value(name, "classifier") or "head"
 
 
 def _load_file(name: str, path: Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -155,12 +158,8 @@ def _load_file(name: str, path: Path) -> tuple[nn.Module, dict[str, Any]]:
         obj = {k[len(query):]: v for k, v in obj.items() if k.startswith(query)}
     sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
     check_finite_weights(sd, str(path))
-    net = _build(name, False)
-    head = (getattr(net, "pretrained_cfg", None) or {}).get("classifier") or "head"
-    head_w = sd.get(f"{head}.weight")  # a head of another size (ours: moco.dim) or none: build it so
-    current = getattr(net.get_classifier(), "weight", None)
-    if _shape(head_w) != _shape(current):
-        net = _build(name, False, num_classes=0 if head_w is None else int(head_w.shape[0]))
+    head_w = sd.get(f"{head_name(name)}.weight")  # the head as stored (ours: moco.dim wide) or none
+    net = _build(name, False, num_classes=0 if head_w is None else int(head_w.shape[0]))
     try:
         missing, unexpected = net.load_state_dict(sd, strict=False)
     except RuntimeError as err:
