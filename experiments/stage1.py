@@ -19,14 +19,14 @@ STAGE1_PRESET = CONFIG_DIR / "pretrain_offline.yaml"
 
 
 def pretrain_offline(out_dir: Path, seed: int = 0, device: str = "auto", overrides: Sequence[str] = (),
-                     export: Path | None = None) -> dict[str, Any]:
-    """Train stage 1 in `out_dir/train` (resumes) from `out_dir/random_init.pth` (seed `seed`); write the
-    fp16 encoder to `export` (default `out_dir/stage1_resnet18.pth`). Returns the training summary plus
-    "export" (the written path)."""
+                     export: Path | None = None, preset: Path = STAGE1_PRESET) -> dict[str, Any]:
+    """Train stage 1 (`preset` + `overrides`) in `out_dir/train` (resumes) from `out_dir/random_init.pth`
+    (seed `seed`); write the fp16 encoder to `export` (default `out_dir/stage1_resnet18.pth`). Returns the
+    training summary plus "export" (the written path)."""
     from data.demo import ensure_demo_data
     ensure_demo_data()
     out_dir = Path(out_dir)
     init = write_initial_weights(out_dir / "random_init.pth", "resnet18", seed)
-    last, summary = train_from(init, out_dir / "train", seed, overrides, device, preset=STAGE1_PRESET)
+    last, summary = train_from(init, out_dir / "train", seed, overrides, device, preset=Path(preset))
     summary["export"] = str(export_half(last, Path(export or out_dir / "stage1_resnet18.pth")))
     return summary

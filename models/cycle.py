@@ -18,7 +18,8 @@ rotation, attention-guided crop, cell ground truth with validity, geometry in `m
 from the last block's tokens, and the stride is the patch size); `src`, `trg`: (B, 3, S, S)
 ImageNet-normalised pairs (S = 224 in the paper). All random draws (flip, rotation angle, optional crop
 jitter) come from `generator` (per rank under DDP), in this order: flip (B), angle (B), then (B, 2)
-uniforms only if crop_centre is "random", then jitter (B, 2) only if jitter > 0.
+uniforms only if crop_centre is "random", then jitter (B, 2) only if jitter > 0, then colour factors (B, 3)
+only if colour_jitter > 0.
 
 Coordinates: (x, y) in pixels of the un-augmented S x S source, continuous (pixel i covers [i, i+1)); source
 cell j at column u, row v has centre s * (u + 1/2, v + 1/2) with s the feature stride.
@@ -36,6 +37,7 @@ import torchvision
 from torch import nn
 
 from configs.runtime import UserError
+from data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from models.backbone import STAGE_STRIDE, resnet_features
 from models.batchnorm import batchnorm_eval, frozen_bn_stats
 from models.crop import (
@@ -83,6 +85,11 @@ class CycleConfig:
     joint_pair_pass: bool = False      # speed: source and target in one pass (BN statistics over both)
     loss_reference_size: int = 224     # fix 7: coordinates rescaled to this image side in the MSE; 0 = raw px
     centre_loss_weight: float = 0.0    # lambda_c of the UVC concentration term (paper: 0, i.e. not computed)
+    objective: Literal["walk", "crop_contrast"] = "walk"  # walk: the paper's cycle MSE; crop_contrast:
+    #                                    the offline stage-1 stand-in: each crop cell picks its source cell
+    #                                    (`crop_contrast_loss`; the walk MSE is then logged as cycle_walk_mse)
+    colour_jitter: float = 0.0         # s: per-sample brightness, contrast, saturation factors of the crop
+    #                                    ~ U[1 - s, 1 + s] (`jitter_colour`); 0 = none (paper)
 
     def __post_init__(self) -> None:
         if self.feature_stage != "block" and self.patch_size % STAGE_STRIDE[self.feature_stage]:
@@ -95,6 +102,8 @@ class CycleConfig:
         if min(self.crop_jitter, self.rotate_deg, self.loss_reference_size, self.centre_loss_weight) < 0:
             raise ValueError("cycle.crop_jitter, cycle.rotate_deg, cycle.loss_reference_size and "
                              "cycle.centre_loss_weight must be >= 0")
+        if not 0.0 <= self.colour_jitter < 1.0:
+            raise ValueError(f"cycle.colour_jitter must lie in [0, 1), got {self.colour_jitter}")
 
 
 @dataclass
@@ -247,8 +256,43 @@ def _augment_and_crop(src: torch.Tensor, attn: torch.Tensor, cfg: CycleConfig,
     ctheta = crop_theta(centre, patch, size, cfg.exact_crop_scale)
     cropped = warp(warped[:, :6], ctheta, patch)
     gt, valid = cell_ground_truth(cropped[:, 3:6], stride, size, cfg.cell_mean_gt, cfg.mask_invalid)
-    return CropSample(crop=cropped[:, :3].to(src.dtype), gt=gt, valid=valid, flip=flip, angle_deg=angle,
+    crop = cropped[:, :3]
+    if cfg.colour_jitter > 0:
+        crop = jitter_colour(crop, cfg.colour_jitter, generator)
+    return CropSample(crop=crop.to(src.dtype), gt=gt, valid=valid, flip=flip, angle_deg=angle,
                       theta=theta, centre=centre, crop_theta=ctheta, attention_up=attn_up[:, 0])
+
+
+def jitter_colour(images: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """Per-sample colour jitter of ImageNet-normalised images (B, 3, H, W): brightness, contrast and
+    saturation factors ~ U[1 - strength, 1 + strength] (drawn as (B, 3) from `generator`), applied in that
+    order to RGB in [0, 1] as torchvision's adjust_* (contrast about the mean grey, saturation about each
+    pixel's grey, clamped to [0, 1])."""
+    b = images.shape[0]
+    factors = (torch.rand(b, 3, generator=generator, device=generator.device) * 2.0 - 1.0) * strength + 1.0
+    bright, contrast, sat = (f.view(b, 1, 1, 1) for f in factors.to(images.device).unbind(1))
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    luma = torch.tensor([0.2989, 0.587, 0.114], device=images.device).view(1, 3, 1, 1)
+    x = ((images.float() * std + mean) * bright).clamp(0.0, 1.0)
+    grey_mean = (x * luma).sum(dim=1, keepdim=True).mean(dim=(2, 3), keepdim=True)
+    x = (grey_mean + contrast * (x - grey_mean)).clamp(0.0, 1.0)
+    grey = (x * luma).sum(dim=1, keepdim=True)
+    x = (grey + sat * (x - grey)).clamp(0.0, 1.0)
+    return (x - mean) / std
+
+
+def crop_contrast_loss(f0: torch.Tensor, f1: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor,
+                       centres: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Known-correspondence dense contrast (the offline stage-1 objective): mean over valid crop cells of the
+    cross-entropy of softmax(f0^T f1 / T) over the n source cells, the label being the source cell whose
+    centre is nearest the cell's ground truth. f0 (B, C, m), f1 (B, C, n) features; gt (B, m, 2) source px;
+    valid (B, m) bool; centres (n, 2) source cell centres (px). 0 without a valid cell."""
+    logits = torch.bmm(f0.transpose(1, 2), f1) / temperature                  # (B, m, n)
+    label = torch.cdist(gt.float(), centres.float()[None].expand(gt.shape[0], -1, -1)).argmin(dim=2)
+    ce = F.cross_entropy(logits.flatten(0, 1), label.flatten(), reduction="none").view_as(label)
+    weight = valid.to(ce.dtype)
+    return (ce * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 def masked_coordinate_mse(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -344,6 +388,10 @@ def cycle_loss(encoder: torchvision.models.ResNet, src: torch.Tensor, trg: torch
         pred = pred.float()
         unit = (cfg.loss_reference_size / size) if cfg.loss_reference_size > 0 else 1.0
         loss = masked_coordinate_mse(pred * unit, gt * unit, valid)
+        walk_mse = None
+        if cfg.objective == "crop_contrast":
+            walk_mse = loss.detach()
+            loss = crop_contrast_loss(f0, f1, gt, valid, centres_src, cfg.temperature)
         weight = valid.float()
         count = weight.sum()
         # crop -> target soft-argmax: needed only by the concentration term and the figure
@@ -366,6 +414,8 @@ def cycle_loss(encoder: torchvision.models.ResNet, src: torch.Tensor, trg: torch
         }
         if centre_loss is not None:
             stats["loss_centre"] = centre_loss.detach()
+        if walk_mse is not None:
+            stats["cycle_walk_mse"] = walk_mse
     vis = _figure_tensors(src, trg, sample, f0, f1, pred, target_pred, centres_src, cfg.temperature) \
         if return_vis else None
     return CycleResult(loss=loss, stats=stats, vis=vis, centre_loss=centre_loss)
