@@ -77,8 +77,8 @@ def build_setting(name: str, split: str, datapath: str | None, max_pairs: int | 
 def run_seed(seed: int, rows: Sequence[str], out: Path, setting: Setting, overrides: Sequence[str],
              device: str, init_kind: str = "shipped", bn_pairs: int | None = None
              ) -> dict[str, dict[str, float]]:
-    """Every requested row for one seed -> {row: {alpha: PCK}}. With the shipped init the init rows do not
-    depend on the seed and live (once) in `out/init`; training rows live in `out/seed<seed>`. Evaluation
+    """Every requested row for one seed -> {row: {alpha: PCK}}. Unless the init is random, the init rows do
+    not depend on the seed and live (once) in `out/init`; training rows live in `out/seed<seed>`. Evaluation
     folders carry the split (`eval_<row>_<split>`), so val and test runs share one output folder and its
     trained checkpoints."""
     from configs.runtime import resolve_device
@@ -86,7 +86,7 @@ def run_seed(seed: int, rows: Sequence[str], out: Path, setting: Setting, overri
 
     dev = resolve_device(device)
     root = out / f"seed{seed}"
-    init_root = out / "init" if init_kind == "shipped" else root
+    init_root = root if init_kind == "random" else out / "init"
     init = initial_weights(init_kind, root / "init_weights.pth", seed)
     weights: dict[str, Path] = {"init": init}
     pck: dict[str, dict[str, float]] = {}

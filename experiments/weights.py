@@ -42,12 +42,14 @@ def shipped_init(path: Path = STAGE1_FILE) -> Path:
 
 def initial_weights(kind: str, path: Path, seed: int) -> Path:
     """`kind` "shipped" -> the verified shipped init (the same for every seed); "random" -> a seeded random
-    ResNet-18 written to `path`."""
+    ResNet-18 written to `path`; any other value: a ResNet-18 checkpoint file (the same for every seed)."""
     if kind == "shipped":
         return shipped_init()
     if kind == "random":
         return write_initial_weights(path, "resnet18", seed)
-    raise UserError(f"unknown init {kind!r} (one of {', '.join(INIT_KINDS)})")
+    if Path(kind).is_file():
+        return Path(kind)
+    raise UserError(f"unknown init {kind!r}: {', '.join(INIT_KINDS)} or a checkpoint file")
 
 
 def export_half(checkpoint: Path, path: Path) -> Path:

@@ -8,8 +8,8 @@
 Rows (`experiments.ablation`): init, init + BN re-estimated, image level only, pixel level only, both (the
 recipe, configs/demo.yaml + trailing overrides), both + BN re-estimated; all from the same init: `--init
 shipped` (default; pretrained_models/stage1_resnet18.pth, sha256-checked, the same for every seed) or
-`random` (a seeded random ResNet-18 per seed). BN re-estimation uses the source and target images of the
-pixel-branch pairs at evaluation resolution.
+`random` (a seeded random ResNet-18 per seed), or a ResNet-18 checkpoint file (the same for every seed).
+BN re-estimation uses the source and target images of the pixel-branch pairs at evaluation resolution.
 
 Writes <output-dir>/ablation_<split>.json (settings, per-seed PCK, mean and spread), ablation_<split>.md
 (the table) and ablation_<split>.png (bars with the seed spread). Finished rows are reused on a re-run
@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--setting", choices=("demo", "pfwillow"), default="demo")
     parser.add_argument("--split", choices=("val", "test"), default="test", help="evaluation split")
     parser.add_argument("--datapath", default=None, help="folder holding PF-WILLOW/ (setting pfwillow)")
-    parser.add_argument("--init", choices=INIT_KINDS, default="shipped", help="the rows' initial weights")
+    parser.add_argument("--init", default="shipped",
+                        help="the rows' initial weights: shipped, random or a ResNet-18 checkpoint file")
     parser.add_argument("--max-pairs", type=int, default=None, help="evaluate the first N >= 1 pairs only "
                                                                       "(default: all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -63,14 +64,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.hyperpixel:
         setting.eval_settings["hyperpixel"] = parse_ids(args.hyperpixel)
         setting.eval_tag = "_ids" + args.hyperpixel.replace(",", "-")
-    out = Path(args.output_dir or f"runs/ablation_{args.setting}_{args.init}")
+    init_name = args.init if args.init in INIT_KINDS else Path(args.init).stem
+    out = Path(args.output_dir or f"runs/ablation_{args.setting}_{init_name}")
     out.mkdir(parents=True, exist_ok=True)
     ensure_demo_data()
     rows = [r for r in ROWS if r in args.rows]
     per_seed = {seed: run_seed(seed, rows, out, setting, args.overrides, args.device, args.init,
                                args.bn_pairs) for seed in args.seeds}
     summary = summarise(per_seed, rows)
-    title = (f"{args.setting} {args.split} PCK (%), ResNet-18 from the {args.init} init, mean ± std over "
+    title = (f"{args.setting} {args.split} PCK (%), ResNet-18 from the {init_name} init, mean ± std over "
              f"seeds {', '.join(map(str, args.seeds))}")
     table = format_table(summary, title)
     atomic_write_json(out / f"ablation_{args.split}.json", {

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from configs.runtime import UserError
-from experiments.weights import shipped_init
+from experiments.weights import initial_weights, shipped_init
 from models.cycle import hard_walk_accuracy
 
 
@@ -44,3 +44,12 @@ def test_shipped_init_hash_is_checked(tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="not found"):
         shipped_init(tmp_path / "absent.pth")
+
+
+def test_initial_weights_kinds(tmp_path):
+    assert initial_weights("shipped", tmp_path / "unused.pth", 0) == shipped_init()
+    random0 = initial_weights("random", tmp_path / "r0.pth", 0)
+    assert random0 == tmp_path / "r0.pth" and random0.is_file()
+    assert initial_weights(str(random0), tmp_path / "unused.pth", 5) == random0  # a file: the same each seed
+    with pytest.raises(UserError, match="shipped, random or a checkpoint file"):
+        initial_weights(str(tmp_path / "absent.pth"), tmp_path / "unused.pth", 0)
