@@ -1,8 +1,9 @@
-"""Offline stage 1: the pixel-level cycle alone on the demo trn pairs, from a seeded random ResNet-18.
+"""Offline stage 1: a self-supervised ResNet-18 from a seeded random one, on the demo trn images only.
 
-`pretrain_offline` trains with `configs/pretrain_offline.yaml` (resumable run folder) and exports the query
-encoder as an fp16 state dict. No network and no benchmark image: the demo trn pairs are generated from
-scikit-image's bundled photos (the demo's trn split only).
+`pretrain_offline` trains a stage-1 preset (default `configs/pretrain_offline.yaml`: known-correspondence
+dense contrast, the shipped init's recipe; `configs/pretrain_offline_cycle.yaml`: the pixel-level cycle alone)
+in a resumable run folder and exports the query encoder as an fp16 state dict. No network and no benchmark
+image: the demo trn pairs are generated from scikit-image's bundled photos (the demo's trn split only).
 """
 
 from __future__ import annotations

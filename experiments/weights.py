@@ -13,7 +13,7 @@ from configs import REPO_ROOT
 from configs.runtime import UserError, atomic_torch_save, file_digest
 
 STAGE1_FILE = REPO_ROOT / "pretrained_models" / "stage1_resnet18.pth"
-STAGE1_SHA256 = "7c836967d1f3fa6105651142d1f5fdf537d0e2cd2d8d1eb9a88962bd83a6972d"
+STAGE1_SHA256 = "5ad897364c0b862a3e8d43db90edea6a2fd9f64ea1315c5edd25e063c28a6622"
 INIT_KINDS = ("shipped", "random")
 
 
