@@ -1,5 +1,6 @@
 """Does stage 2 learn? A short pixel-level-only run on demo trn from an init, judged on its own cycle
-loss (against the crop-centre baseline) and on demo val PCK (against the init's).
+loss (against the crop-centre baseline, and against the init's loss on the same crops) and on demo val PCK
+(against the init's).
 
 The run is the ablation's `pixel_only` row (configs/demo.yaml + moco.loss_weight=0, 60 steps).
 """
@@ -24,9 +25,14 @@ def end_loss_ratio(metrics_path: Path, last: int = 5) -> float:
 
 def pixel_level_check(init: Path, out: Path, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     """Train the pixel-only row from `init` into `out/train` (resumes), evaluate init and result on demo val
-    -> {"loss_ratio": end cycle loss / centre baseline, "pck_init", "pck_trained": {alpha: PCK (%)}}."""
+    -> {"loss_ratio": end cycle loss / centre baseline, "walk_init", "walk_trained": `walk_quality` on the
+    same 180 demo trn crops, "pck_init", "pck_trained": {alpha: PCK (%)}}."""
+    from experiments.walk import walk_quality
+
     trained, _ = train_from(init, out / "train", seed, [*QUIET, *BRANCH_OVERRIDES["pixel_only"]], device)
     settings = {"split": "val"}
     return {"loss_ratio": end_loss_ratio(out / "train" / "metrics.jsonl"),
+            "walk_init": walk_quality(init, "trn", rounds=2, device=device),
+            "walk_trained": walk_quality(trained, "trn", rounds=2, device=device),
             "pck_init": evaluate_weights(init, out / "eval_init_val", device, settings)["pck"],
             "pck_trained": evaluate_weights(trained, out / "eval_trained_val", device, settings)["pck"]}
