@@ -1,7 +1,7 @@
 """The paper's ablation as functions: six rows from one init, several seeds, PCK mean and spread.
 
 Rows (all from the same init, evaluated with the same preset, ids and resolution):
-    init          the initial weights (`--init shipped`: the offline stage-1 file; `random`: seeded ResNet-18)
+    init          the initial weights (`shipped`: the stage-1 file; `random`: seeded ResNet-18; or a path)
     init_bn       the initial weights, BatchNorm statistics re-estimated on the pixel-branch pair images
     image_only    trained with the image-level MoCo branch alone (cycle.loss_weight=0)
     pixel_only    trained with the pixel-level cycle branch alone (moco.loss_weight=0)
