@@ -28,6 +28,6 @@ def pretrain_offline(out_dir: Path, seed: int = 0, device: str = "auto", overrid
     ensure_demo_data()
     out_dir = Path(out_dir)
     init = write_initial_weights(out_dir / "random_init.pth", "resnet18", seed)
-    last, summary = train_from(init, out_dir / "train", seed, overrides, device, preset=Path(preset))
+    last, summary = train_from(init, out_dir / "train", seed, overrides, device, preset=preset)
     summary["export"] = str(export_half(last, Path(export or out_dir / "stage1_resnet18.pth")))
     return summary

@@ -28,13 +28,12 @@ def write_initial_weights(path: Path, arch: str, seed: int) -> Path:
 
 def shipped_init(path: Path = STAGE1_FILE) -> Path:
     """The shipped stage-1 file after checking its sha256; one-line `UserError` when absent or altered."""
-    expected = STAGE1_SHA256
     if not path.is_file():
         raise UserError(f"{path} not found: the shipped stage-1 init is part of the repository (git checkout "
                         f"it, or rebuild it with: python scripts/pretrain_offline.py)")
     got = file_digest(path)
-    if got != expected:
-        raise UserError(f"{path}: sha256 {got[:16]}... does not match the shipped {str(expected)[:16]}... "
+    if got != STAGE1_SHA256:
+        raise UserError(f"{path}: sha256 {got[:16]}... does not match the shipped {STAGE1_SHA256[:16]}... "
                         f"(a changed or truncated file; git checkout it, or rebuild it with "
                         f"python scripts/pretrain_offline.py)")
     return path

@@ -58,10 +58,15 @@ def test_colour_jitter_equals_torchvision_adjust_functions() -> None:
     assert not torch.allclose(out, rgb, atol=0.01)
 
 
-def test_crop_contrast_switch_keeps_the_walk_and_logs_its_mse() -> None:
+@pytest.fixture
+def net_and_pair():
+    """A seeded small-head ResNet-18 in training mode and a random 64-px pair batch of 2."""
     torch.manual_seed(0)
-    net = build_encoder("resnet18", dim=16).train()
-    src, trg = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    return build_encoder("resnet18", dim=16).train(), torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+
+
+def test_crop_contrast_switch_keeps_the_walk_and_logs_its_mse(net_and_pair) -> None:
+    net, src, trg = net_and_pair
     walk = cycle_loss(net, src, trg, CycleConfig(patch_size=32, temperature=0.1),
                       torch.Generator().manual_seed(3))
     con = cycle_loss(net, src, trg, CycleConfig(patch_size=32, objective="crop_contrast", temperature=0.1),
@@ -74,10 +79,8 @@ def test_crop_contrast_switch_keeps_the_walk_and_logs_its_mse() -> None:
     assert net.conv1.weight.grad is not None and net.conv1.weight.grad.abs().sum() > 0
 
 
-def test_colour_jitter_draws_after_the_crop_and_changes_only_the_crop() -> None:
-    torch.manual_seed(0)
-    net = build_encoder("resnet18", dim=16).train()
-    src, trg = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+def test_colour_jitter_draws_after_the_crop_and_changes_only_the_crop(net_and_pair) -> None:
+    net, src, trg = net_and_pair
     plain = cycle_loss(net, src, trg, CycleConfig(patch_size=32), torch.Generator().manual_seed(3),
                        return_vis=True)
     jit = cycle_loss(net, src, trg, CycleConfig(patch_size=32, colour_jitter=0.4),
